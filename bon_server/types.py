@@ -1,0 +1,104 @@
+"""The domain objects that flow through the pipeline: frozen dataclasses, no pydantic.
+
+The wire models in ``protocol.py`` are converted into these at the edge
+(``ChatCompletionRequest.to_prompt`` / ``to_sampling``), so the pipeline,
+generators, scorers and selectors never see HTTP or JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What the user asked: chat messages, a completion text, or token ids (exactly one)."""
+
+    messages: tuple[Message, ...] | None = None
+    text: str | None = None
+    token_ids: tuple[int, ...] | None = None
+
+    def question(self) -> str:
+        """The text a verifier judges: the last user message, or the raw prompt."""
+        if self.messages is not None:
+            users = [m.content for m in self.messages if m.role == "user"]
+            return users[-1] if users else self.messages[-1].content
+        return self.text or ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling settings for one engine request (n comes separately as best_of)."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no per-token logprobs needed; k >= 0: the sampled token plus k alternatives.
+    logprobs: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    text: str
+    token_ids: tuple[int, ...]
+    cumulative_logprob: float | None
+    finish_reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @property
+    def mean_logprob(self) -> float | None:
+        if self.cumulative_logprob is None:
+            return None
+        return self.cumulative_logprob / max(1, len(self.token_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One engine request's result: every candidate plus the prompt's token count."""
+
+    candidates: tuple[Candidate, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class BestOfNResult:
+    """Every candidate in generation order, what the selector made of them, and the cost."""
+
+    candidates: tuple[Candidate, ...]
+    answers: tuple[str | None, ...]
+    scores: tuple[float, ...]  # the selector's score of each candidate
+    verifier_scores: tuple[float, ...] | None
+    order: tuple[int, ...]  # candidate indices, best first
+    selector: str
+    aggregation: str | None
+    prompt_tokens: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.candidates)
