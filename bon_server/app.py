@@ -72,6 +72,8 @@ def create_app(
             answer_rules=settings.answer_rules,
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
+        if hasattr(gen, "num_unfinished"):
+            metrics.engine_unfinished.set_function(gen.num_unfinished)
         log.info("serving %s (verifier: %s)", settings.model_name, settings.verifier or "none")
         try:
             yield

@@ -48,6 +48,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.engine_unfinished = Gauge(
+            "bon_engine_unfinished_requests",
+            "Sequences the engine still holds (read at scrape time).",
+            registry=r,
+        )
         self.client_disconnects = Counter(
             "bon_client_disconnects_total", "Requests abandoned by their client.", registry=r
         )

@@ -33,6 +33,7 @@ class VLLMGenerator:
         self.max_model_len: int = engine.model_config.max_model_len
         self.max_tokens_limit = max_tokens_limit
         self.vocab_size = len(self.tokenizer)
+        self.special_ids = frozenset(self.tokenizer.all_special_ids)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMGenerator:
@@ -191,7 +192,10 @@ class VLLMGenerator:
         if k is None or entries is None:
             return None
         result = []
-        for token_id, entry in zip(token_ids, entries, strict=False):
+        pairs = list(zip(token_ids, entries, strict=False))
+        while pairs and pairs[-1][0] in self.special_ids:
+            pairs.pop()  # the EOS that ended the candidate is not part of its text
+        for token_id, entry in pairs:
             chosen = entry[token_id]
             top = sorted(
                 (

@@ -1,0 +1,92 @@
+"""A scripted generator: the built-in fake for tests and demos (no engine, no model).
+
+It answers every request with candidates cycled from a fixed list of texts,
+counting characters as tokens, so routes, streaming, selectors and errors can be
+exercised in milliseconds. ``delay_s`` makes generation take time (to test
+keep-alives and cancellation); ``fail_with`` makes ``generate`` raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..errors import InvalidRequestError
+from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from .base import PreparedRequest
+
+
+class ScriptedGenerator:
+    def __init__(
+        self,
+        texts: Sequence[str] = ("The answer is 1.",),
+        *,
+        model_name: str = "scripted",
+        max_model_len: int = 512,
+        delay_s: float = 0.0,
+        fail_with: Exception | None = None,
+    ) -> None:
+        self.texts = list(texts)
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self.delay_s = delay_s
+        self.fail_with = fail_with
+        self.calls: list[PreparedRequest] = []
+        self.cancelled = 0
+
+    def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
+        if prompt.token_ids is not None:
+            length = len(prompt.token_ids)
+        elif prompt.messages is not None:
+            length = sum(len(m.content) + 2 for m in prompt.messages)
+        else:
+            length = len(prompt.text or "")
+        if length >= self.max_model_len:
+            raise InvalidRequestError("prompt is too long", param="prompt")
+        return PreparedRequest(prompt, params, n, length)
+
+    async def generate(self, request: PreparedRequest) -> Generation:
+        self.calls.append(request)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail_with is not None:
+            raise self.fail_with
+        limit = request.params.max_tokens
+        candidates = []
+        for i in range(request.n):
+            text = self.texts[i % len(self.texts)]
+            finish = "stop"
+            if limit is not None and len(text) > limit:
+                text, finish = text[:limit], "length"
+            logprobs = None
+            if request.params.logprobs is not None:
+                logprobs = tuple(TokenLogprob(ch, -0.1 * (i + 1)) for ch in text)
+            candidates.append(
+                Candidate(
+                    text=text,
+                    token_ids=tuple(ord(ch) for ch in text),
+                    cumulative_logprob=-0.1 * (i + 1) * len(text),
+                    finish_reason=finish,  # type: ignore[arg-type]
+                    logprobs=logprobs,
+                )
+            )
+        return Generation(tuple(candidates), prompt_tokens=request.prompt_tokens)
+
+
+class ConstantScorer:
+    """A fake verifier: scores from a fixed list (cycled), or raises ``fail_with``."""
+
+    kind = "orm"
+
+    def __init__(self, scores: Sequence[float] = (0.5,), fail_with: Exception | None = None):
+        self.scores = list(scores)
+        self.fail_with = fail_with
+
+    async def score(self, prompt, candidates, aggregation=None):  # type: ignore[no-untyped-def]
+        if self.fail_with is not None:
+            raise self.fail_with
+        return [self.scores[i % len(self.scores)] for i in range(len(candidates))]

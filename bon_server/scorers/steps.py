@@ -1,0 +1,137 @@
+"""THE step formatter: how a solution is cut into steps and laid out for a PRM.
+
+One function, ``format_steps``, is used by the PRM data builder and trainer in
+``verifier_training`` and by the server's PRM scorer, so the text a PRM was
+trained on and the text it scores at serving time cannot drift apart. Golden
+tokenization tests guard it.
+
+A ``StepFormat`` names the tag that follows every step and where a step's score
+is read:
+
+    bon            our own PRMs: each step line followed by ``<|step|>``, a two-class
+                   token-classification head read AT the tag.
+    qwen           Qwen2.5-Math-PRM: steps joined (and ended) with ``<extra_0>`` in the
+                   assistant turn, a two-class head read AT the tag.
+    math_shepherd  Math-Shepherd: ``question step ки\\nstep ки`` (plain text, so it gets the
+                   tokenizer's own BOS), a causal LM whose next-token distribution AT the
+                   tag is compared for "+" against "-".
+    rlhflow        RLHFlow PRMs: a chat where every step is a user turn answered by an
+                   assistant "+"; the distribution predicting that "+" (one position
+                   before it) is compared for "+" against "-".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..types import Prompt
+
+Head = Literal["classify", "plus_minus"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepFormat:
+    name: str
+    tag: str  # the token that marks the end of each step
+    head: Head  # a 2-class token head, or a causal LM compared on "+" / "-"
+    offset: int = 0  # read the score at tag position + offset
+    system: str | None = None
+
+
+STEP_FORMATS: dict[str, StepFormat] = {
+    "bon": StepFormat("bon", "<|step|>", "classify"),
+    "qwen": StepFormat(
+        "qwen",
+        "<extra_0>",
+        "classify",
+        system="Please reason step by step, and put your final answer within \\boxed{}.",
+    ),
+    "math_shepherd": StepFormat("math_shepherd", "ки", "plus_minus"),
+    "rlhflow": StepFormat("rlhflow", "+", "plus_minus", offset=-1),
+}
+
+
+def check_format(name: str) -> StepFormat:
+    try:
+        return STEP_FORMATS[name]
+    except KeyError:
+        valid = ", ".join(STEP_FORMATS)
+        raise ValueError(f"unknown PRM step format {name!r}; valid formats: {valid}") from None
+
+
+def split_steps(completion: str) -> list[str]:
+    """One step per non-empty line, stripped of surrounding whitespace."""
+    return [line.strip() for line in completion.splitlines() if line.strip()]
+
+
+def _messages(fmt: StepFormat, prompt: Prompt, steps: Sequence[str]) -> list[dict[str, str]]:
+    if prompt.messages is not None:
+        messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+    else:
+        messages = [{"role": "user", "content": prompt.text or ""}]
+    if fmt.system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": fmt.system})
+    if fmt.name == "rlhflow":
+        question = messages.pop()["content"]
+        for i, step in enumerate(steps):
+            messages.append({"role": "user", "content": f"{question} {step}" if i == 0 else step})
+            messages.append({"role": "assistant", "content": fmt.tag})
+        return messages
+    if fmt.name == "qwen":
+        content = fmt.tag.join(steps) + fmt.tag
+    else:
+        content = "".join(f"{step}{fmt.tag}\n" for step in steps)
+    return [*messages, {"role": "assistant", "content": content}]
+
+
+def format_steps(fmt: StepFormat, tokenizer: Any, prompt: Prompt, steps: Sequence[str]) -> str:
+    """The full text a PRM reads for ``steps`` answering ``prompt``: one tag per step."""
+    if fmt.name == "math_shepherd":
+        body = "\n".join(f"{step} {fmt.tag}" for step in steps)
+        return f"{prompt.question()} {body}"
+    return tokenizer.apply_chat_template(_messages(fmt, prompt, steps), tokenize=False)
+
+
+def tag_token_id(fmt: StepFormat, tokenizer: Any) -> int:
+    ids = tokenizer.encode(fmt.tag, add_special_tokens=False)
+    if fmt.name == "math_shepherd":
+        ids = ids[-1:]  # sentencepiece may prefix a space piece
+    if len(ids) != 1:
+        raise ValueError(f"the step tag {fmt.tag!r} is not a single token for this tokenizer")
+    return ids[0]
+
+
+def encode_steps(
+    fmt: StepFormat, tokenizer: Any, prompt: Prompt, steps: Sequence[str]
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``format_steps`` and the positions where each step's score is read.
+
+    Raises ValueError unless there is exactly one position per step (and at least one
+    step): a tag inside a step's own text would otherwise shift every label after it.
+    """
+    if not steps:
+        raise ValueError("a PRM needs at least one step")
+    text = format_steps(fmt, tokenizer, prompt, steps)
+    # A chat template writes its own BOS. Math-Shepherd's plain text does not, and its
+    # reference code scores ``tokenizer.encode(text)``: BOS included (Mistral adds one).
+    ids = tokenizer.encode(text, add_special_tokens=fmt.name == "math_shepherd")
+    tag = tag_token_id(fmt, tokenizer)
+    if fmt.name == "rlhflow":
+        # "+" also occurs inside arithmetic: locate each assistant turn structurally instead.
+        positions = [_assistant_start(tokenizer, prompt, steps[: k + 1]) for k in range(len(steps))]
+        if any(p >= len(ids) or ids[p] != tag for p in positions):
+            raise ValueError("the chat template does not tokenize prefix-stably")
+        return ids, [p + fmt.offset for p in positions]
+    positions = [i + fmt.offset for i, t in enumerate(ids) if t == tag]
+    if len(positions) != len(steps):
+        raise ValueError(f"found {len(positions)} step tags for {len(steps)} steps")
+    return ids, positions
+
+
+def _assistant_start(tokenizer: Any, prompt: Prompt, steps: Sequence[str]) -> int:
+    """Token index of the assistant's "+" that answers the last of ``steps``."""
+    messages = _messages(STEP_FORMATS["rlhflow"], prompt, steps)[:-1]
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer.encode(head, add_special_tokens=False))
