@@ -68,7 +68,8 @@ def create_app(
         policy = Policy(
             default_best_of=settings.default_best_of,
             max_best_of=settings.max_best_of,
-            default_selector=settings.selector,
+            default_selector=settings.default_selector
+            or ("verifier" if verifier is not None else "majority"),
             answer_rules=settings.answer_rules,
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
@@ -107,6 +108,8 @@ def _install_error_handlers(app: FastAPI) -> None:
                 f"{first.get('ctx', {}).get('error', 'invalid JSON')}"
             )
             param = None
+        elif param is None:
+            message = "The request body must be a JSON object."
         elif first.get("type") == "missing":
             message = f"Missing required parameter: '{param}'."
         else:
@@ -152,6 +155,10 @@ class MetricsMiddleware:
         start = time.perf_counter()
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if status["code"] == 499:  # no response started: ServerErrorMiddleware sends a 500
+                status["code"] = 500
+            raise
         finally:
             m.in_flight.dec()
             code = str(status["code"])

@@ -82,9 +82,3 @@ class Settings(BaseSettings):
         if Path(self.model) == EMBEDDED_POLICY:
             return EMBEDDED_POLICY_NAME
         return self.model.rstrip("/")
-
-    @property
-    def selector(self) -> str:
-        if self.default_selector:
-            return self.default_selector
-        return "verifier" if self.verifier else "majority"

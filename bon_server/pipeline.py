@@ -28,6 +28,8 @@ class Plan:
     request: PreparedRequest
     selector: str
     aggregation: str | None
+    # the selector needed logprobs the client did not ask for: drop them from the result
+    drop_logprobs: bool = False
 
     @property
     def best_of(self) -> int:
@@ -70,6 +72,10 @@ class BestOfN:
         policy = self.policy
         if best_of is None:
             best_of = max(policy.default_best_of, n)
+        if best_of < n:
+            raise InvalidRequestError(
+                f"best_of ({best_of}) must be greater than or equal to n ({n})", param="best_of"
+            )
         if best_of > policy.max_best_of:
             raise InvalidRequestError(
                 f"best_of ({best_of}) exceeds this server's limit ({policy.max_best_of})",
@@ -91,11 +97,13 @@ class BestOfN:
                 "use 'majority' or 'logprob', or start the server with --verifier",
                 param="selector",
             )
-        if spec.needs_logprobs and params.logprobs is None:
+        drop_logprobs = spec.needs_logprobs and params.logprobs is None
+        if drop_logprobs:
             params = dataclasses.replace(params, logprobs=0)
         if self.scorer is None or self.scorer.kind != "prm":
             aggregation = None
-        return Plan(self.generator.prepare(prompt, params, best_of), name, aggregation)
+        request = self.generator.prepare(prompt, params, best_of)
+        return Plan(request, name, aggregation, drop_logprobs)
 
     async def run(self, plan: Plan) -> BestOfNResult:
         spec = SELECTORS[plan.selector]
@@ -103,6 +111,8 @@ class BestOfN:
         generation = await self.generator.generate(plan.request)
         t1 = time.perf_counter()
         candidates = generation.candidates
+        if plan.drop_logprobs:
+            candidates = tuple(dataclasses.replace(c, logprobs=None) for c in candidates)
         answers = tuple(extract_answer(c.text, self.policy.answer_rules) for c in candidates)
 
         verifier_scores: Sequence[float] | None = None

@@ -45,10 +45,14 @@ class ChatMessage(OpenAIModel):
             return self.content
         pieces = []
         for part in self.content:
-            if part.type != "text" or part.text is None:
+            if part.type != "text":
                 raise InvalidRequestError(
                     f"content part of type {part.type!r} is not supported; only 'text' parts are",
                     param=f"messages.{index}.content",
+                )
+            if part.text is None:
+                raise InvalidRequestError(
+                    "a 'text' content part needs a 'text' field", param=f"messages.{index}.content"
                 )
             pieces.append(part.text)
         return "".join(pieces)

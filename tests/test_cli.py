@@ -1,0 +1,141 @@
+"""The command line: one flag per Settings field, and invalid settings refused before serving."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bon_server.cli import build_parser, main
+from bon_server.config import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_bon_env(monkeypatch):
+    """BON_* variables of the calling shell must not leak into these tests."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("BON_"):
+            monkeypatch.delenv(key)
+
+
+def serve_action(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = sub.choices["serve"]
+    return next(a for a in serve._actions if flag in a.option_strings)
+
+
+def parse(*argv: str) -> dict:
+    args = vars(build_parser().parse_args(["serve", *argv]))
+    args.pop("command")
+    args.pop("log_level")
+    return args
+
+
+def test_every_settings_field_has_a_flag():
+    parser = build_parser()
+    for name in Settings.model_fields:
+        action = serve_action(parser, "--" + name.replace("_", "-"))
+        assert action.dest == name
+        assert action.help
+
+
+def test_flags_not_given_are_left_to_settings():
+    assert parse() == {}  # SUPPRESS: env vars and defaults decide
+
+
+def test_typed_flags():
+    args = parse(
+        "--default-best-of",
+        "8",
+        "--keepalive-interval-s",
+        "0.5",
+        "--verifier",
+        "/models/orm",
+        "--max-model-len",
+        "256",
+    )
+    assert args == {
+        "default_best_of": 8,
+        "keepalive_interval_s": 0.5,
+        "verifier": "/models/orm",
+        "max_model_len": 256,
+    }
+    settings = Settings(**args)
+    assert settings.default_best_of == 8
+    assert settings.selector == "verifier"
+
+
+def test_help_shows_description_and_default():
+    action = serve_action(build_parser(), "--verifier-batch-size")
+    assert "most texts per scoring forward pass" in action.help
+    assert "[64]" in action.help
+
+
+def test_verifier_kind_has_choices(capsys):
+    action = serve_action(build_parser(), "--verifier-kind")
+    assert list(action.choices) == ["orm", "prm"]
+    assert parse("--verifier-kind", "prm") == {"verifier_kind": "prm"}
+    with pytest.raises(SystemExit) as info:
+        parse("--verifier-kind", "rm")
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_answer_rules_comma_separated():
+    action = serve_action(build_parser(), "--answer-rules")
+    assert "comma-separated" in action.help
+    assert "[final_line,boxed]" in action.help
+    args = parse("--answer-rules", "boxed, last_number")
+    assert Settings(**args).answer_rules == ("boxed", "last_number")
+
+
+def test_enforce_eager_is_a_boolean_pair():
+    assert parse("--enforce-eager") == {"enforce_eager": True}
+    assert parse("--no-enforce-eager") == {"enforce_eager": False}
+    assert Settings(**parse("--enforce-eager")).enforce_eager is True
+
+
+def test_int_flag_rejects_text(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse("--default-best-of", "many")
+    assert info.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_a_subcommand_is_required(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--default-best-of", "10", "--max-best-of", "4"], "exceeds max_best_of"),
+        (["--default-selector", "verifier"], "needs --verifier"),
+        (["--default-selector", "weighted_majority"], "needs --verifier"),
+        (["--default-selector", "oracle"], "valid selectors"),
+        (["--answer-rules", "boxed,psychic"], "valid rules"),
+        (["--port", "70000"], "port"),
+        (["--default-best-of", "0"], "default_best_of"),
+        (["--keepalive-interval-s", "0"], "keepalive_interval_s"),
+    ],
+)
+def test_invalid_settings_exit_2_with_a_message(capsys, argv, needle):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", *argv])  # would start uvicorn (and block) if validation let it through
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bon-server: ")
+    assert needle in err
+
+
+def test_env_vars_fill_in_for_missing_flags(monkeypatch, capsys):
+    monkeypatch.setenv("BON_MAX_BEST_OF", "2")
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--default-best-of", "3"])
+    assert info.value.code == 2
+    assert "exceeds max_best_of (2)" in capsys.readouterr().err
