@@ -44,7 +44,17 @@ def load_scorer(settings: Settings) -> Scorer | None:
             dtype=settings.verifier_dtype,
             batch_size=settings.verifier_batch_size,
         )
-    raise ValueError(f"verifier kind {settings.verifier_kind!r} is not supported yet")
+    from .scorers.prm import PRMScorer
+
+    return PRMScorer.from_pretrained(
+        settings.verifier,
+        step_format=settings.verifier_step_format,
+        aggregation=settings.prm_aggregation,
+        device=settings.verifier_device,
+        dtype=settings.verifier_dtype,
+        batch_size=settings.verifier_batch_size,
+        trust_remote_code=settings.verifier_trust_remote_code,
+    )
 
 
 def create_app(

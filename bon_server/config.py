@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="name clients send as `model`")
     verifier: str | None = Field(None, description="verifier: local HF directory or hub id")
     verifier_kind: Literal["orm", "prm"] = "orm"
+    verifier_step_format: str = Field(
+        "auto", description="PRM step format: auto|bon|qwen|math_shepherd|rlhflow"
+    )
+    prm_aggregation: Literal["min", "prod", "last", "mean"] = Field(
+        "min", description="default PRM step-score aggregation"
+    )
+    verifier_trust_remote_code: bool = Field(
+        False, description="let transformers run the verifier's own code (Qwen2.5-Math-PRM)"
+    )
     verifier_device: str = Field("auto", description="torch device for the verifier: auto|cpu|cuda")
     verifier_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     verifier_batch_size: int = Field(64, ge=1, description="most texts per scoring forward pass")

@@ -64,7 +64,7 @@ def test_typed_flags():
     }
     settings = Settings(**args)
     assert settings.default_best_of == 8
-    assert settings.selector == "verifier"
+    assert settings.verifier == "/models/orm" and settings.max_model_len == 256
 
 
 def test_help_shows_description_and_default():
