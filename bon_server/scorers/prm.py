@@ -10,7 +10,8 @@ positions ``encode_steps`` returns. Two heads, chosen by the ``StepFormat``:
 
 Qwen2.5-Math-PRM ships its own modeling code (``Qwen2ForProcessRewardModel``): it loads
 only with ``trust_remote_code=True``, and that path is not exercised by the tests (they
-cannot download it).
+cannot download it). Its code was written for transformers 4.x; newer releases may need
+it patched.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class PRMScorer:
         self.aggregation = check_aggregation(aggregation)
         tag_token_id(fmt, tokenizer)  # fail at load time, not with every candidate scoring 0
         if fmt.head == "classify":
-            num_labels = getattr(model.config, "num_labels", 2)
-            if num_labels != 2:
+            num_labels = model.config.num_labels
+            # (Qwen2ForProcessRewardModel's head is two-way whatever its config says.)
+            if type(model).__name__.endswith("ForTokenClassification") and num_labels != 2:
                 raise ValueError(f"a {fmt.name} PRM needs a 2-label token head, not {num_labels}")
         else:
             self.plus_id = tokenizer.encode("+", add_special_tokens=False)[-1]
@@ -116,19 +118,19 @@ class PRMScorer:
         Qwen2.5-Math-PRM needs ``trust_remote_code=True``: its head is its own code.
         """
         from transformers import (
-            AutoConfig,
             AutoModel,
             AutoModelForCausalLM,
             AutoModelForTokenClassification,
             AutoTokenizer,
+            PretrainedConfig,
         )
 
         check_aggregation(aggregation)
         torch_device, torch_dtype = resolve_device(device, dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         fmt = detect_format(tokenizer) if step_format == "auto" else check_format(step_format)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        architectures = config.architectures or []
+        # The raw config.json: reading it needs no remote code, even where its class does.
+        architectures = PretrainedConfig.get_config_dict(path)[0].get("architectures") or []
         load: Any
         if QWEN_PRM_ARCHITECTURE in architectures:
             if not trust_remote_code:
@@ -146,7 +148,9 @@ class PRMScorer:
                     f"step format {fmt.name!r} needs a *{wanted} model; "
                     f"{path} is {', '.join(architectures)}"
                 )
-            load = AutoModelForTokenClassification if fmt.head == "classify" else AutoModelForCausalLM
+            load = (
+                AutoModelForTokenClassification if fmt.head == "classify" else AutoModelForCausalLM
+            )
         model = load.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         return cls(
             model.to(torch_device), tokenizer, fmt, aggregation=aggregation, batch_size=batch_size
@@ -194,7 +198,8 @@ class PRMScorer:
         rows = torch.tensor(batch_idx, device=self.device)
         if self.fmt.head == "classify":
             logits = self.model(input_ids=input_ids, attention_mask=mask)[0]
-            return torch.softmax(logits[rows, pos_idx].float(), dim=-1)[:, 1]
+            cols = torch.tensor(pos_idx, device=self.device)
+            return torch.softmax(logits[rows, cols].float(), dim=-1)[:, 1]
         kwargs: dict[str, Any] = {"use_cache": False}
         if self._keep_logits:
             keep = sorted(set(pos_idx))
@@ -202,11 +207,12 @@ class PRMScorer:
             column = {p: k for k, p in enumerate(keep)}
             pos_idx = [column[p] for p in pos_idx]
         logits = self.model(input_ids=input_ids, attention_mask=mask, **kwargs)[0]
-        pair = logits[rows, pos_idx][:, [self.plus_id, self.minus_id]].float()
+        cols = torch.tensor(pos_idx, device=self.device)
+        pair = logits[rows, cols][:, [self.plus_id, self.minus_id]].float()
         return torch.softmax(pair, dim=-1)[:, 0]
 
     def _score_texts(self, items: list[tuple[Prompt, str]]) -> list[list[float]]:
-        """Worker-thread side of the batcher: the tokenizer is only ever used from here."""
+        """The batcher's worker thread: once serving, the tokenizer is used only from here."""
         encoded: list[Encoded | None] = []
         for prompt, text in items:
             steps = split_steps(text)
@@ -217,7 +223,9 @@ class PRMScorer:
         scored = iter(self.score_steps([e for e in encoded if e is not None]))
         return [next(scored) if e is not None else [] for e in encoded]
 
-    async def step_scores(self, prompt: Prompt, candidates: Sequence[Candidate]) -> list[list[float]]:
+    async def step_scores(
+        self, prompt: Prompt, candidates: Sequence[Candidate]
+    ) -> list[list[float]]:
         """Per-step scores of each candidate; [] where a candidate has nothing to score."""
         return await self._batcher.submit([(prompt, c.text) for c in candidates])
 
