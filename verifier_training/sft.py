@@ -1,0 +1,205 @@
+"""Train the arithmetic policy from scratch by supervised fine-tuning on reference solutions.
+
+    python -m verifier_training sft --out bon_server/embedded/arith-policy
+
+Every training example is a freshly generated problem rendered with the chat template, then
+its reference solution and ``<|end|>``; the loss covers only that final assistant part. Some
+examples carry a short system message, some an earlier user/assistant turn, so the model
+stays sane under system prompts and multi-turn chats. The defaults below are the flags that
+produced the shipped model in ``bon_server/embedded/arith-policy``; the run is seeded and
+reproducible on the same torch version and thread count.
+
+The output is a Hugging Face model directory (``LlamaForCausalLM``, float32 safetensors,
+the tokenizer with its chat template) plus ``training_config.json`` with every resolved flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from verifier_training.tasks.arith import reference_solution, sample_problem
+from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer
+
+SYSTEM_PROMPTS: tuple[str, ...] = (
+    "You are a helpful assistant.",
+    "You are a careful math tutor. Solve the problem step by step.",
+    "Answer the user's question accurately and concisely.",
+    "You are a helpful assistant that is good at arithmetic.",
+    "Think carefully and show your work.",
+)
+IGNORE = -100  # label for positions without loss
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m verifier_training sft", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output model directory (created; files in it are overwritten)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the data stream and the weight init")
+    # model
+    p.add_argument("--hidden-size", type=int, default=128, help="transformer width")
+    p.add_argument("--layers", type=int, default=4, help="number of transformer layers")
+    p.add_argument("--heads", type=int, default=4, help="number of attention heads")
+    p.add_argument("--intermediate-size", type=int, default=512, help="MLP hidden width")
+    p.add_argument("--max-position-embeddings", type=int, default=512, help="context length of the model")
+    # optimisation
+    p.add_argument("--steps", type=int, default=1400, help="number of optimizer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine decay")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak lr")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    # data
+    p.add_argument("--system-frac", type=float, default=0.15, help="fraction of examples with a system message")
+    p.add_argument("--multiturn-frac", type=float, default=0.10, help="fraction of examples with an earlier turn")
+    p.add_argument("--bucket", type=int, default=8, help="sort this many batches' worth of examples by length "
+                   "and cut them into batches, to waste less compute on padding")
+    # machine
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    return p.parse_args(argv)
+
+
+def make_example(rng: random.Random, tokenizer, args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """One chat, as (input ids, labels) with labels only on the final assistant answer."""
+    messages = []
+    if rng.random() < args.system_frac:
+        messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    if rng.random() < args.multiturn_frac:
+        earlier = sample_problem(rng)
+        messages.append({"role": "user", "content": earlier.question})
+        messages.append({"role": "assistant", "content": reference_solution(earlier)})
+    problem = sample_problem(rng)
+    messages.append({"role": "user", "content": problem.question})
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    answer_ids = tokenizer.encode(reference_solution(problem) + END, add_special_tokens=False)
+    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+
+
+def batches(rng: random.Random, tokenizer, args: argparse.Namespace):
+    """Endless padded batches; each pool of `bucket` batches is sorted by length, batch order shuffled."""
+    while True:
+        pool = [make_example(rng, tokenizer, args) for _ in range(args.batch_size * args.bucket)]
+        pool.sort(key=lambda ex: len(ex[0]))
+        chunks = [pool[i : i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (x, y) in enumerate(chunk):
+                ids[row, : len(x)] = torch.tensor(x)
+                labels[row, : len(y)] = torch.tensor(y)
+                mask[row, : len(x)] = 1
+            yield ids, labels, mask
+
+
+def lr_factor(step: int, args: argparse.Namespace) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio."""
+    if step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)  # the training data stream (passk uses other seeds)
+
+    # --- tokenizer and a fresh model -------------------------------------------------------
+    tokenizer = build_tokenizer(model_max_length=args.max_position_embeddings)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=args.max_position_embeddings,
+        tie_word_embeddings=True,
+        **special,
+    )
+    model = LlamaForCausalLM(config).float()
+    # Only the token ids: vLLM applies generation_config.json sampling fields as request defaults.
+    model.generation_config = GenerationConfig(**special)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+
+    # --- optimisation ------------------------------------------------------------------------
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
+    data = batches(rng, tokenizer, args)
+    model.train()
+    start = time.time()
+    smooth = None
+    bar = tqdm(range(args.steps), desc="sft", disable=args.no_progress, mininterval=2.0)
+    for step in bar:
+        ids, labels, mask = next(data)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if args.no_progress and (step % 100 == 0 or step == args.steps - 1):
+            print(f"step {step:5d}  loss {smooth:.4f}  lr {scheduler.get_last_lr()[0]:.2e}", flush=True)
+    wall = time.time() - start
+    print(f"trained {args.steps} steps in {wall:.0f} s; final smoothed loss {smooth:.4f}")
+
+    # --- save ----------------------------------------------------------------------------------
+    model.eval()
+    os.makedirs(args.out, exist_ok=True)
+    model.save_pretrained(args.out, safe_serialization=True)
+    save_tokenizer(tokenizer, args.out)
+    with open(os.path.join(args.out, "training_config.json"), "w") as f:
+        record = {
+            "command": "python -m verifier_training sft",
+            "flags": vars(args),
+            "model": {"class": "LlamaForCausalLM", "parameters": n_params, "vocab_size": len(tokenizer)},
+            "result": {"final_smoothed_loss": round(smooth, 5), "train_seconds": round(wall, 1),
+                       "torch": torch.__version__},
+        }
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+    # --- one greedy sample as a sanity check -------------------------------------------------
+    from verifier_training.tasks.arith import check_answer
+
+    problem = sample_problem(random.Random(args.seed + 1_000_003))
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
+    )
+    x = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+    with torch.no_grad():
+        out = model.generate(x, max_new_tokens=128, do_sample=False)
+    text = tokenizer.decode(out[0, x.shape[1] :], skip_special_tokens=True)
+    print(f"sample: {problem.question}\n{text}\n(correct: {check_answer(problem, text)}, answer {problem.answer})")
+    print(f"saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Task worlds: problem generators, reference solutions and answer checkers."""

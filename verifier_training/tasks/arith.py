@@ -1,0 +1,124 @@
+"""The arithmetic world: problems like ``What is 17 + 4 * 23 - 9?``.
+
+This module owns problem generation, the step-by-step reference solutions the policy is
+trained on, and the answer checker. The checker extracts answers with
+``bon_server.answers.extract_answer``, so "correct" here and "same answer" in the server
+mean one thing.
+
+Reference solution format (one operation per step, ``*`` first, then ``+``/``-``, each
+left to right; the final line names the answer)::
+
+    = 17 + 92 - 9
+    = 109 - 9
+    = 100
+    The answer is 100.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from bon_server.answers import extract_answer, normalize_answer
+
+OPS: tuple[str, ...] = ("+", "-", "*")
+MIN_OPERANDS, MAX_OPERANDS = 2, 4
+MIN_VALUE, MAX_VALUE = 2, 30
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An expression ``operands[0] ops[0] operands[1] ...`` (len(ops) == len(operands) - 1)."""
+
+    operands: tuple[int, ...]
+    ops: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.ops) != len(self.operands) - 1 or not self.operands:
+            raise ValueError("need exactly one operator between each pair of operands")
+        if any(op not in OPS for op in self.ops):
+            raise ValueError(f"operators must be among {OPS}")
+
+    @property
+    def expression(self) -> str:
+        return format_expression(self.operands, self.ops)
+
+    @property
+    def question(self) -> str:
+        return f"What is {self.expression}?"
+
+    @property
+    def answer(self) -> int:
+        return evaluate(self.operands, self.ops)
+
+
+def format_expression(values: tuple[int, ...] | list[int], ops: tuple[str, ...] | list[str]) -> str:
+    """``17 + 4 * 23 - 9``; a negative intermediate is written as ``-5``."""
+    parts = [str(values[0])]
+    for op, value in zip(ops, values[1:]):
+        parts += [op, str(value)]
+    return " ".join(parts)
+
+
+def _step(values: list[int], ops: list[str]) -> tuple[list[int], list[str]]:
+    """Perform exactly one operation: the leftmost ``*``, else the leftmost ``+``/``-``."""
+    i = ops.index("*") if "*" in ops else 0
+    a, b, op = values[i], values[i + 1], ops[i]
+    result = a * b if op == "*" else a + b if op == "+" else a - b
+    return values[:i] + [result] + values[i + 2 :], ops[:i] + ops[i + 1 :]
+
+
+def evaluate(operands: tuple[int, ...] | list[int], ops: tuple[str, ...] | list[str]) -> int:
+    """Standard precedence: ``*`` before ``+``/``-``, left to right."""
+    values, rest = list(operands), list(ops)
+    while rest:
+        values, rest = _step(values, rest)
+    return values[0]
+
+
+def reference_solution(problem: Problem) -> str:
+    """One line per operation, each rewriting the whole remaining expression; then the answer."""
+    values, ops = list(problem.operands), list(problem.ops)
+    lines = []
+    while ops:
+        values, ops = _step(values, ops)
+        lines.append("= " + format_expression(values, ops))
+    lines.append(f"The answer is {values[0]}.")
+    return "\n".join(lines)
+
+
+def sample_problem(rng: random.Random) -> Problem:
+    """2..4 operands, each uniform in 2..30; each operator uniform in ``+ - *``."""
+    n = rng.randint(MIN_OPERANDS, MAX_OPERANDS)
+    operands = tuple(rng.randint(MIN_VALUE, MAX_VALUE) for _ in range(n))
+    ops = tuple(rng.choice(OPS) for _ in range(n - 1))
+    return Problem(operands, ops)
+
+
+def sample_problems(n: int, seed: int) -> list[Problem]:
+    """``n`` problems from their own ``random.Random(seed)`` stream."""
+    rng = random.Random(seed)
+    return [sample_problem(rng) for _ in range(n)]
+
+
+_QUESTION = re.compile(r"^\s*What is (\d+(?:\s*[-+*]\s*\d+)*)\s*\?\s*$")
+
+
+def parse_question(text: str) -> Problem | None:
+    """The inverse of ``Problem.question``; None if the text is not such a question."""
+    match = _QUESTION.match(text)
+    if not match:
+        return None
+    tokens = re.findall(r"\d+|[-+*]", match.group(1))  # alternates number, op, number, ...
+    return Problem(tuple(int(t) for t in tokens[0::2]), tuple(tokens[1::2]))
+
+
+def check_answer(problem_or_answer: Problem | int | str, completion: str) -> bool:
+    """True iff the completion's extracted final answer equals the problem's answer."""
+    if isinstance(problem_or_answer, Problem):
+        expected = str(problem_or_answer.answer)
+    else:
+        expected = normalize_answer(str(problem_or_answer))
+    found = extract_answer(completion)
+    return found is not None and found == expected

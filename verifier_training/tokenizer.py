@@ -1,0 +1,68 @@
+"""The project's character-level tokenizer.
+
+One token per character: every printable ASCII character plus ``\\n`` and ``\\t``; any other
+character becomes ``<|unk|>``. Seven special tokens frame chats::
+
+    <|bos|><|system|>...<|end|><|user|>What is 2 + 3?<|end|><|assistant|>= 5
+    The answer is 5.<|end|>
+
+``<|end|>`` is the EOS token. Decoding concatenates characters (WordLevel's default decoding
+would join them with spaces). The tokenizer is saved with ``transformers``'
+``PreTrainedTokenizerFast`` so that both ``AutoTokenizer.from_pretrained(dir)`` and vLLM load
+it from a model directory.
+"""
+
+from __future__ import annotations
+
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+BOS, END, PAD, UNK = "<|bos|>", "<|end|>", "<|pad|>", "<|unk|>"
+SYSTEM, USER, ASSISTANT = "<|system|>", "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, END, UNK, SYSTEM, USER, ASSISTANT)
+# The 95 printable ASCII characters (space to ~), plus \t and \n.
+CHARACTERS: tuple[str, ...] = ("\t", "\n") + tuple(chr(c) for c in range(32, 127))
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{% if m['role'] not in ['system','user','assistant'] %}"
+    "{{ raise_exception('unsupported role ' + m['role']) }}"
+    "{% endif %}"
+    "<|{{ m['role'] }}|>{{ m['content'] }}<|end|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MODEL_MAX_LENGTH = 512
+
+
+def build_tokenizer(model_max_length: int = MODEL_MAX_LENGTH) -> PreTrainedTokenizerFast:
+    """A fresh character-level tokenizer with the special tokens and the chat template."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # Every character, newlines included, is its own pre-token.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()  # concatenate: no spaces between characters
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=END,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[SYSTEM, USER, ASSISTANT],
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+        padding_side="right",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str) -> None:
+    """Save into a model directory, with the chat template inside tokenizer_config.json.
+
+    (transformers 5 would otherwise write it to chat_template.jinja; both files are read by
+    ``AutoTokenizer`` and vLLM, but keeping it in tokenizer_config.json also suits older readers.)
+    """
+    tokenizer.save_pretrained(directory, save_jinja_files=False)
