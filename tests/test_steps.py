@@ -152,3 +152,15 @@ def test_unknown_format_lists_the_valid_ones():
     assert check_format("rlhflow") is STEP_FORMATS["rlhflow"]
     with pytest.raises(ValueError, match="bon, qwen, math_shepherd, rlhflow"):
         check_format("shepherd")
+
+
+def test_tags_inside_the_question_are_not_counted():
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|step|>"]})
+    fmt = STEP_FORMATS["bon"]
+    prompt = Prompt(messages=(Message("user", "What does <|step|> mean in 2 + 3?"),))
+    ids, positions = encode_steps(fmt, tok, prompt, ["= 5", "The answer is 5."])
+    assert len(positions) == 2
+    tag = tok.convert_tokens_to_ids("<|step|>")
+    assert [ids[p] for p in positions] == [tag, tag]
+    assert positions[0] > ids.index(tag)  # the question's own tag is skipped

@@ -124,7 +124,9 @@ def encode_steps(
         if any(p >= len(ids) or ids[p] != tag for p in positions):
             raise ValueError("the chat template does not tokenize prefix-stably")
         return ids, [p + fmt.offset for p in positions]
-    positions = [i + fmt.offset for i, t in enumerate(ids) if t == tag]
+    # Count only the tags after the prompt: a question may well contain the tag's text.
+    start = _prompt_length(fmt, tokenizer, prompt)
+    positions = [i + fmt.offset for i, t in enumerate(ids) if t == tag and i >= start]
     if len(positions) != len(steps):
         raise ValueError(f"found {len(positions)} step tags for {len(steps)} steps")
     return ids, positions
@@ -133,5 +135,14 @@ def encode_steps(
 def _assistant_start(tokenizer: Any, prompt: Prompt, steps: Sequence[str]) -> int:
     """Token index of the assistant's "+" that answers the last of ``steps``."""
     messages = _messages(STEP_FORMATS["rlhflow"], prompt, steps)[:-1]
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer.encode(head, add_special_tokens=False))
+
+
+def _prompt_length(fmt: StepFormat, tokenizer: Any, prompt: Prompt) -> int:
+    """Tokens before the first step: a lower bound where tokenization may merge at the seam."""
+    if fmt.name == "math_shepherd":
+        return max(0, len(tokenizer.encode(prompt.question(), add_special_tokens=True)) - 1)
+    messages = _messages(fmt, prompt, ["x"])[:-1]
     head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return len(tokenizer.encode(head, add_special_tokens=False))
