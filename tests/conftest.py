@@ -31,30 +31,14 @@ def free_port() -> int:
 
 def build_tiny_orm(path: Path, num_labels: int = 1, seed: int = 0) -> Path:
     """A randomly initialised LlamaForSequenceClassification with the project's tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from tiny_models import save_tiny
+    from transformers import LlamaForSequenceClassification
 
     from verifier_training.tokenizer import build_tokenizer
 
-    torch.manual_seed(seed)
-    tok = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        num_labels=num_labels,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
+    return save_tiny(
+        LlamaForSequenceClassification, path, build_tokenizer(), seed, num_labels=num_labels
     )
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 class ServerProcess:

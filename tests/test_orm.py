@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tiny_models import save_tiny
 
 from bon_server.scorers.orm import ORMScorer, format_for_orm
 from bon_server.types import Candidate, Message, Prompt
@@ -23,25 +24,13 @@ TEXTS = [
 
 
 def build(path: Path, num_labels: int, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    tok = build_tokenizer()
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
+    return save_tiny(
+        transformers.LlamaForSequenceClassification,
+        path,
+        build_tokenizer(),
+        seed,
         num_labels=num_labels,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
     )
-    transformers.LlamaForSequenceClassification(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["sigmoid", "softmax"])

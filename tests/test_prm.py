@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import save_tiny
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -54,28 +55,11 @@ def step_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def build_tiny_prm(path: Path, name: str, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
+    classify = STEP_FORMATS[name].head == "classify"
+    model_cls = LlamaForTokenClassification if classify else LlamaForCausalLM
     tok = step_tokenizer(name)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        num_labels=2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    if STEP_FORMATS[name].head == "classify":
-        model = LlamaForTokenClassification(config)
-    else:
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    save_tokenizer(tok, str(path))
+    save_tiny(model_cls, path, tok, seed, num_labels=2)
+    save_tokenizer(tok, str(path))  # the project's saver keeps the chat template file
     return path
 
 
