@@ -68,39 +68,40 @@ def test_sample_problems_is_seeded():
 
 
 def test_reference_solution_example():
-    assert reference_solution(EXAMPLE) == "= 17 + 92 - 9\n= 109 - 9\n= 100\nThe answer is 100."
+    assert reference_solution(EXAMPLE) == "4 * 23 = 92\n17 + 92 = 109\n109 - 9 = 100\nThe answer is 100."
 
 
 def test_reference_solutions_step_by_step():
+    """Replaying the steps on the expression reaches the answer, one operation per line."""
+    step = re.compile(r"^(-?\d+) ([-+*]) (-?\d+) = (-?\d+)$")
     for p in sample_problems(500, 1):
         lines = reference_solution(p).split("\n")
         assert lines[-1] == f"The answer is {p.answer}."
         steps = lines[:-1]
         assert len(steps) == len(p.ops)  # one operation per step
-        previous = len(p.operands)
+        values, ops = list(p.operands), list(p.ops)
         for line in steps:
-            assert line.startswith("= ")
-            expr = line[2:]
-            assert eval(expr) == p.answer  # every rewrite keeps the value
-            numbers = re.findall(r"(?:^|(?<= ))-?\d+", expr)
-            assert len(numbers) == previous - 1  # exactly one operation performed
-            previous -= 1
-        assert steps[-1] == f"= {p.answer}"
+            a, op, b, c = step.match(line).groups()
+            i = ops.index("*") if "*" in ops else 0  # precedence, then left to right
+            assert (int(a), op, int(b)) == (values[i], ops[i], values[i + 1])
+            assert int(c) == eval(f"{a} {op} {b}")
+            values[i : i + 2], ops[i : i + 1] = [int(c)], []
+        assert values == [p.answer]
 
 
 def test_multiplications_first_then_left_to_right():
     p = Problem((5, 2, 3, 4), ("-", "+", "*"))
     assert reference_solution(p).split("\n") == [
-        "= 5 - 2 + 12",
-        "= 3 + 12",
-        "= 15",
+        "3 * 4 = 12",
+        "5 - 2 = 3",
+        "3 + 12 = 15",
         "The answer is 15.",
     ]
 
 
 def test_negative_answer_line():
     p = Problem((2, 30), ("-",))
-    assert reference_solution(p) == "= -28\nThe answer is -28."
+    assert reference_solution(p) == "2 - 30 = -28\nThe answer is -28."
     assert check_answer(p, reference_solution(p))
 
 

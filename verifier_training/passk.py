@@ -69,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import LLM, SamplingParams  # imported late: heavy, and only this command needs it
 
     problems = sample_problems(args.problems, args.seed)
-    llm = LLM(model=args.model, dtype="float32", max_model_len=args.max_model_len, seed=args.seed)
+    # No chunked prefill: a seeded request whose prefill is split crashes the CPU sampler
+    # ("CPU Generator does not use offset", vLLM 0.32).
+    llm = LLM(
+        model=args.model,
+        dtype="float32",
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        enable_chunked_prefill=False,
+    )
     tokenizer = llm.get_tokenizer()
     prompts = []
     for problem in problems:

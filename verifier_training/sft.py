@@ -3,9 +3,10 @@
     python -m verifier_training sft --out bon_server/embedded/arith-policy
 
 Every training example is a freshly generated problem rendered with the chat template, then
-its reference solution and ``<|end|>``; the loss covers only that final assistant part. Some
-examples carry a short system message, some an earlier user/assistant turn, so the model
-stays sane under system prompts and multi-turn chats. The defaults below are the flags that
+its reference solution and ``<|end|>``; the loss covers only assistant answers. Some examples
+carry a short system message, some an earlier user/assistant turn (another problem with its
+solution, also trained on), so the model stays sane under system prompts and multi-turn
+chats. Each step's examples are packed into rows with attention kept within each example. The defaults below are the flags that
 produced the shipped model in ``bon_server/embedded/arith-policy``; the run is seeded and
 reproducible on the same torch version and thread count.
 
@@ -22,12 +23,17 @@ import os
 import random
 import time
 
-import torch
-from tqdm import tqdm
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+# When another process also wants the cores (a vLLM engine, another training), busy-waiting
+# OpenMP threads make each step several times slower; sleeping waiters cost little otherwise.
+# It must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from verifier_training.tasks.arith import reference_solution, sample_problem
-from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from verifier_training.tasks.arith import check_answer, reference_solution, sample_problem  # noqa: E402
+from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer  # noqa: E402
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are a helpful assistant.",
@@ -61,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # data
     p.add_argument("--system-frac", type=float, default=0.15, help="fraction of examples with a system message")
     p.add_argument("--multiturn-frac", type=float, default=0.10, help="fraction of examples with an earlier turn")
-    p.add_argument("--bucket", type=int, default=8, help="sort this many batches' worth of examples by length "
-                   "and cut them into batches, to waste less compute on padding")
+    p.add_argument("--pack-len", type=int, default=256, help="pack each batch's examples into rows of this many "
+                   "tokens (attention stays within each example)")
     # machine
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
@@ -70,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_example(rng: random.Random, tokenizer, args: argparse.Namespace) -> tuple[list[int], list[int]]:
-    """One chat, as (input ids, labels) with labels only on the final assistant answer."""
+    """One chat, as (input ids, labels); labels only on assistant answers (and their <|end|>)."""
     messages = []
     if rng.random() < args.system_frac:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
@@ -80,29 +86,58 @@ def make_example(rng: random.Random, tokenizer, args: argparse.Namespace) -> tup
         messages.append({"role": "assistant", "content": reference_solution(earlier)})
     problem = sample_problem(rng)
     messages.append({"role": "user", "content": problem.question})
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-    answer_ids = tokenizer.encode(reference_solution(problem) + END, add_special_tokens=False)
-    return prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids
+    messages.append({"role": "assistant", "content": reference_solution(problem)})
+
+    # Render the chat turn by turn with the template, so the training text is exactly what the
+    # template gives at inference; each assistant turn is the model's to predict.
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        assert prompt.startswith(rendered)
+        context = tokenizer.encode(prompt[len(rendered) :], add_special_tokens=False)
+        answer = tokenizer.encode(message["content"] + END, add_special_tokens=False)
+        ids += context + answer
+        labels += [IGNORE] * len(context) + answer
+        rendered = prompt + message["content"] + END
+    assert rendered == tokenizer.apply_chat_template(messages, tokenize=False)
+    return ids, labels
 
 
-def batches(rng: random.Random, tokenizer, args: argparse.Namespace):
-    """Endless padded batches; each pool of `bucket` batches is sorted by length, batch order shuffled."""
-    while True:
-        pool = [make_example(rng, tokenizer, args) for _ in range(args.batch_size * args.bucket)]
-        pool.sort(key=lambda ex: len(ex[0]))
-        chunks = [pool[i : i + args.batch_size] for i in range(0, len(pool), args.batch_size)]
-        rng.shuffle(chunks)
-        for chunk in chunks:
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (x, y) in enumerate(chunk):
-                ids[row, : len(x)] = torch.tensor(x)
-                labels[row, : len(y)] = torch.tensor(y)
-                mask[row, : len(x)] = 1
-            yield ids, labels, mask
+def pack(examples: list[tuple[list[int], list[int]]], width: int, pad_id: int):
+    """Pack examples into rows of `width` tokens (first fit, longest first).
+
+    Position ids restart at 0 for every example; transformers reads the restarts as packed
+    sequences and masks attention block-diagonally, so examples never see each other. The
+    unused tail of a row is padding (its own block, no loss).
+    """
+    width = max(width, max(len(x) for x, _ in examples))
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda ex: -len(ex[0])):
+        for r, free in enumerate(room):
+            if len(ex[0]) <= free:
+                rows[r].append(ex)
+                room[r] -= len(ex[0])
+                break
+        else:
+            rows.append([ex])
+            room.append(width - len(ex[0]))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for x, y in row:
+            ids[r, at : at + len(x)] = torch.tensor(x)
+            labels[r, at : at + len(y)] = torch.tensor(y)
+            positions[r, at : at + len(x)] = torch.arange(len(x))
+            at += len(x)
+        positions[r, at:] = torch.arange(width - at)
+    return ids, labels, positions
 
 
 def lr_factor(step: int, args: argparse.Namespace) -> float:
@@ -148,14 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         model.parameters(), lr=args.lr, betas=(0.9, args.beta2), weight_decay=args.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, args))
-    data = batches(rng, tokenizer, args)
     model.train()
     start = time.time()
     smooth = None
     bar = tqdm(range(args.steps), desc="sft", disable=args.no_progress, mininterval=2.0)
     for step in bar:
-        ids, labels, mask = next(data)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        examples = [make_example(rng, tokenizer, args) for _ in range(args.batch_size)]
+        ids, labels, positions = pack(examples, args.pack_len, tokenizer.pad_token_id)
+        # use_cache=False: with a cache, transformers would not detect the packing (see pack).
+        loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -184,17 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         json.dump(record, f, indent=2)
         f.write("\n")
+    for name in os.listdir(args.out):  # safetensors writes 0600; a shipped model must be readable
+        os.chmod(os.path.join(args.out, name), 0o644)
 
     # --- one greedy sample as a sanity check -------------------------------------------------
-    from verifier_training.tasks.arith import check_answer
-
     problem = sample_problem(random.Random(args.seed + 1_000_003))
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
     )
     x = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.no_grad():
-        out = model.generate(x, max_new_tokens=128, do_sample=False)
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=128, do_sample=False)
     text = tokenizer.decode(out[0, x.shape[1] :], skip_special_tokens=True)
     print(f"sample: {problem.question}\n{text}\n(correct: {check_answer(problem, text)}, answer {problem.answer})")
     print(f"saved to {args.out}")

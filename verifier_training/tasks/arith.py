@@ -78,12 +78,20 @@ def evaluate(operands: tuple[int, ...] | list[int], ops: tuple[str, ...] | list[
 
 
 def reference_solution(problem: Problem) -> str:
-    """One line per operation, each rewriting the whole remaining expression; then the answer."""
+    """One line per operation, ``a op b = c`` (the leftmost ``*`` first, then left to right),
+    then ``The answer is N.``
+
+    The operands of each step sit right before its ``=``: a character-level model computes
+    where it reads. (Rewriting the whole remaining expression on every line, tried first,
+    made the tiny policy reach only 6% pass@1 in the same training budget.)
+    """
     values, ops = list(problem.operands), list(problem.ops)
     lines = []
     while ops:
+        i = ops.index("*") if "*" in ops else 0
+        a, b, op = values[i], values[i + 1], ops[i]
         values, ops = _step(values, ops)
-        lines.append("= " + format_expression(values, ops))
+        lines.append(f"{a} {op} {b} = {values[i]}")
     lines.append(f"The answer is {values[0]}.")
     return "\n".join(lines)
 
