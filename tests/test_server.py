@@ -357,3 +357,27 @@ def test_disconnect_aborts_every_candidate(server, stream):
     assert _wait_for(server, "bon_engine_unfinished_requests", lambda v: v == 0)
     assert _wait_for(server, "bon_requests_in_flight", lambda v: v == 0)
     assert _wait_for(server, "bon_client_disconnects_total", lambda v: v == disconnects + 1)
+
+
+def test_concurrent_seeded_requests_keep_the_engine_alive(server):
+    """Many seeded requests at once overflow one step's token budget. With chunked prefill,
+    vLLM's CPU sampler dies on the split prefill of a seeded request; the server must not."""
+    import concurrent.futures
+
+    system = "You are a careful calculator who checks every step twice. " * 4
+    url = f"{server.base_url}/v1/chat/completions"
+
+    def one(i: int) -> int:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": Q}],
+            "best_of": 32,
+            "max_tokens": 8,
+            "seed": i,
+        }
+        return httpx.post(url, json=body, timeout=300).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(one, range(8)))
+    assert statuses == [200] * 8
+    assert httpx.get(f"{server.base_url}/health").status_code == 200

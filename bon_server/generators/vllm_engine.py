@@ -40,6 +40,7 @@ class VLLMGenerator:
         # vLLM reads these at import time; set them before the first import.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(
@@ -53,6 +54,9 @@ class VLLMGenerator:
             tensor_parallel_size=settings.tensor_parallel_size,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=True,
+            # On CPU, a seeded request whose prefill is split across steps kills the engine
+            # ("CPU Generator does not use offset", vLLM 0.32): schedule whole prefills only.
+            enable_chunked_prefill=False if current_platform.is_cpu() else None,
             # The model's generation_config must not silently change request defaults.
             generation_config="vllm",
             disable_log_stats=True,
