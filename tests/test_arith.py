@@ -68,7 +68,10 @@ def test_sample_problems_is_seeded():
 
 
 def test_reference_solution_example():
-    assert reference_solution(EXAMPLE) == "4 * 23 = 92\n17 + 92 = 109\n109 - 9 = 100\nThe answer is 100."
+    assert (
+        reference_solution(EXAMPLE)
+        == "4 * 23 = 92\n17 + 92 = 109\n109 - 9 = 100\nThe answer is 100."
+    )
 
 
 def test_reference_solutions_step_by_step():

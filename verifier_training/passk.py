@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - start
 
     pass1, passk, majority, no_answer, truncated = [], [], [], 0, 0
-    for problem, output in zip(problems, outputs):
+    for problem, output in zip(problems, outputs, strict=True):
         texts = [o.text for o in output.outputs]
         correct = sum(check_answer(problem, t) for t in texts)
         pass1.append(pass_at_k(len(texts), correct, 1))

@@ -6,9 +6,10 @@ Every training example is a freshly generated problem rendered with the chat tem
 its reference solution and ``<|end|>``; the loss covers only assistant answers. Some examples
 carry a short system message, some an earlier user/assistant turn (another problem with its
 solution, also trained on), so the model stays sane under system prompts and multi-turn
-chats. Each step's examples are packed into rows with attention kept within each example. The defaults below are the flags that
-produced the shipped model in ``bon_server/embedded/arith-policy``; the run is seeded and
-reproducible on the same torch version and thread count.
+chats. Each step's examples are packed into rows with attention kept within each example.
+The defaults below are the flags that produced the shipped model in
+``bon_server/embedded/arith-policy``; the run is seeded and reproducible on the same torch
+version and thread count.
 
 The output is a Hugging Face model directory (``LlamaForCausalLM``, float32 safetensors,
 the tokenizer with its chat template) plus ``training_config.json`` with every resolved flag.
@@ -46,36 +47,67 @@ IGNORE = -100  # label for positions without loss
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m verifier_training sft", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output model directory (created; files in it are overwritten)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the data stream and the weight init")
+    p = argparse.ArgumentParser(
+        prog="python -m verifier_training sft", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--out", required=True, help="output model directory (created; files in it are overwritten)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the data stream and the weight init"
+    )
     # model
     p.add_argument("--hidden-size", type=int, default=128, help="transformer width")
     p.add_argument("--layers", type=int, default=4, help="number of transformer layers")
     p.add_argument("--heads", type=int, default=4, help="number of attention heads")
     p.add_argument("--intermediate-size", type=int, default=512, help="MLP hidden width")
-    p.add_argument("--max-position-embeddings", type=int, default=512, help="context length of the model")
+    p.add_argument(
+        "--max-position-embeddings", type=int, default=512, help="context length of the model"
+    )
     # optimisation
     p.add_argument("--steps", type=int, default=1400, help="number of optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="examples per step")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine decay")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak lr")
+    p.add_argument(
+        "--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine decay"
+    )
+    p.add_argument(
+        "--min-lr-ratio", type=float, default=0.1, help="final lr as a fraction of the peak lr"
+    )
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=1.0,
+        help="clip the gradient norm to this (0: no clipping)",
+    )
     # data
-    p.add_argument("--system-frac", type=float, default=0.15, help="fraction of examples with a system message")
-    p.add_argument("--multiturn-frac", type=float, default=0.10, help="fraction of examples with an earlier turn")
-    p.add_argument("--pack-len", type=int, default=256, help="pack each batch's examples into rows of this many "
-                   "tokens (attention stays within each example)")
+    p.add_argument(
+        "--system-frac", type=float, default=0.15, help="fraction of examples with a system message"
+    )
+    p.add_argument(
+        "--multiturn-frac",
+        type=float,
+        default=0.10,
+        help="fraction of examples with an earlier turn",
+    )
+    p.add_argument(
+        "--pack-len",
+        type=int,
+        default=256,
+        help="pack each batch's examples into rows of this many "
+        "tokens (attention stays within each example)",
+    )
     # machine
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
 
 
-def make_example(rng: random.Random, tokenizer, args: argparse.Namespace) -> tuple[list[int], list[int]]:
+def make_example(
+    rng: random.Random, tokenizer, args: argparse.Namespace
+) -> tuple[list[int], list[int]]:
     """One chat, as (input ids, labels); labels only on assistant answers (and their <|end|>)."""
     messages = []
     if rng.random() < args.system_frac:
@@ -96,7 +128,9 @@ def make_example(rng: random.Random, tokenizer, args: argparse.Namespace) -> tup
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
         assert prompt.startswith(rendered)
         context = tokenizer.encode(prompt[len(rendered) :], add_special_tokens=False)
         answer = tokenizer.encode(message["content"] + END, add_special_tokens=False)
@@ -145,7 +179,9 @@ def lr_factor(step: int, args: argparse.Namespace) -> float:
     if step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
-    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, progress))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         if args.no_progress and (step % 100 == 0 or step == args.steps - 1):
-            print(f"step {step:5d}  loss {smooth:.4f}  lr {scheduler.get_last_lr()[0]:.2e}", flush=True)
+            print(
+                f"step {step:5d}  loss {smooth:.4f}  lr {scheduler.get_last_lr()[0]:.2e}",
+                flush=True,
+            )
     wall = time.time() - start
     print(f"trained {args.steps} steps in {wall:.0f} s; final smoothed loss {smooth:.4f}")
 
@@ -214,9 +253,16 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "command": "python -m verifier_training sft",
             "flags": vars(args),
-            "model": {"class": "LlamaForCausalLM", "parameters": n_params, "vocab_size": len(tokenizer)},
-            "result": {"final_smoothed_loss": round(smooth, 5), "train_seconds": round(wall, 1),
-                       "torch": torch.__version__},
+            "model": {
+                "class": "LlamaForCausalLM",
+                "parameters": n_params,
+                "vocab_size": len(tokenizer),
+            },
+            "result": {
+                "final_smoothed_loss": round(smooth, 5),
+                "train_seconds": round(wall, 1),
+                "torch": torch.__version__,
+            },
         }
         json.dump(record, f, indent=2)
         f.write("\n")
@@ -230,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     x = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=128, do_sample=False)
+        out = model.generate(
+            x, attention_mask=torch.ones_like(x), max_new_tokens=128, do_sample=False
+        )
     text = tokenizer.decode(out[0, x.shape[1] :], skip_special_tokens=True)
-    print(f"sample: {problem.question}\n{text}\n(correct: {check_answer(problem, text)}, answer {problem.answer})")
+    print(
+        f"sample: {problem.question}\n{text}\n"
+        f"(correct: {check_answer(problem, text)}, answer {problem.answer})"
+    )
     print(f"saved to {args.out}")
     return 0
 

@@ -14,7 +14,6 @@ it from a model directory.
 
 from __future__ import annotations
 
-
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 

@@ -56,7 +56,7 @@ class Problem:
 def format_expression(values: tuple[int, ...] | list[int], ops: tuple[str, ...] | list[str]) -> str:
     """``17 + 4 * 23 - 9``; a negative intermediate is written as ``-5``."""
     parts = [str(values[0])]
-    for op, value in zip(ops, values[1:]):
+    for op, value in zip(ops, values[1:], strict=True):
         parts += [op, str(value)]
     return " ".join(parts)
 
@@ -81,9 +81,10 @@ def reference_solution(problem: Problem) -> str:
     """One line per operation, ``a op b = c`` (the leftmost ``*`` first, then left to right),
     then ``The answer is N.``
 
-    The operands of each step sit right before its ``=``: a character-level model computes
-    where it reads. (Rewriting the whole remaining expression on every line, tried first,
-    made the tiny policy reach only 6% pass@1 in the same training budget.)
+    The operands of each step sit right before its ``=``, where a character-level model
+    writes the result. (A first policy that rewrote the whole remaining expression on every
+    line reached 6% pass@1; it was also trained on batches sorted by length, so that figure
+    mixes the format's effect with the batching's.)
     """
     values, ops = list(problem.operands), list(problem.ops)
     lines = []

@@ -1,0 +1,131 @@
+"""SFT data and packing: labels cover only assistant turns; packed examples never see each other."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from verifier_training import sft
+from verifier_training.tasks.arith import parse_question, reference_solution
+from verifier_training.tokenizer import END, build_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_examples_label_only_assistant_turns():
+    tok = build_tokenizer()
+    args = sft.parse_args(["--out", "unused", "--system-frac", "0.5", "--multiturn-frac", "0.5"])
+    rng = random.Random(0)
+    kinds = set()
+    for _ in range(60):
+        ids, labels = sft.make_example(rng, tok, args)
+        assert len(ids) == len(labels)
+        text = tok.decode(ids)
+        assert text.startswith("<|bos|>") and text.endswith(END)
+        trained = tok.decode([t for t in labels if t != sft.IGNORE])
+        answers = text.split("<|assistant|>")[1:]
+        assert trained == "".join(a.split(END)[0] + END for a in answers)
+        last_question = text.split("<|user|>")[-1].split(END)[0]
+        assert answers[-1] == reference_solution(parse_question(last_question)) + END
+        kinds.add(("<|system|>" in text, len(answers)))
+    assert kinds == {(False, 1), (True, 1), (False, 2), (True, 2)}
+
+
+def test_pack_keeps_examples_apart():
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    args = sft.parse_args(["--out", "unused"])
+    rng = random.Random(1)
+    examples = [sft.make_example(rng, tok, args) for _ in range(8)]
+    ids, labels, positions = sft.pack(examples, 160, tok.pad_token_id)
+    assert ids.shape[0] < len(examples)  # several examples share a row
+    assert int((labels != sft.IGNORE).sum()) == sum(
+        sum(t != sft.IGNORE for t in y) for _, y in examples
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        for r in range(ids.shape[0]):
+            starts = (positions[r] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+            for a, b in zip(starts, starts[1:], strict=False):
+                alone = model(input_ids=ids[r : r + 1, a:b], use_cache=False).logits[0]
+                torch.testing.assert_close(packed[r, a:b], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_lr_schedule():
+    args = sft.parse_args(
+        ["--out", "unused", "--steps", "100", "--warmup-steps", "10", "--min-lr-ratio", "0.1"]
+    )
+    assert sft.lr_factor(0, args) == 0.1
+    assert sft.lr_factor(9, args) == 1.0
+    assert abs(sft.lr_factor(10, args) - 1.0) < 1e-9
+    assert abs(sft.lr_factor(100, args) - 0.1) < 1e-9
+    assert all(sft.lr_factor(s, args) >= sft.lr_factor(s + 1, args) for s in range(10, 100))
+
+
+def test_main_smoke(tmp_path):
+    out = tmp_path / "policy"
+    argv = [
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--hidden-size",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--intermediate-size",
+        "64",
+        "--warmup-steps",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    assert sft.main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_config.json",
+    } <= names
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["flags"]["steps"] == 2 and record["flags"]["seed"] == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 0)
+    if (
+        out / "generation_config.json"
+    ).exists():  # only token ids: vLLM applies sampling fields as defaults
+        generation = json.loads((out / "generation_config.json").read_text())
+        assert set(generation) <= {
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "transformers_version",
+            "_from_model_config",
+        }
