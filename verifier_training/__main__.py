@@ -12,7 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("verifier_training.sft", "train the arithmetic policy by supervised fine-tuning"),
-    "passk": ("verifier_training.passk", "measure pass@1, pass@k and majority@k of a policy with vLLM"),
+    "passk": ("verifier_training.passk", "pass@1, pass@k and majority@k of a policy (vLLM)"),
     "sample": ("verifier_training.sampling", "sample K candidates per problem into raw records"),
     "label-steps": ("verifier_training.labels", "Monte-Carlo step labels (k-of-M) for records"),
     "train-orm": ("verifier_training.train_orm", "train an outcome reward model on records"),

