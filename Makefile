@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bon_server verifier_training tests
+	$(VENV)/bin/ruff check bon_server verifier_training loadtest tests
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,190 @@
+"""``python -m loadtest run ...`` (the load tester) and ``python -m loadtest bench ...``
+(the server against the bare engine)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+
+from .client import Endpoint, parse_compare
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"want integers >= 1, got {text!r}")
+    return values
+
+
+def rate_arg(text: str) -> float:
+    from .stats import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="load-test endpoints over a best_of x concurrency grid")
+    run.add_argument(
+        "--base-url", required=True, help="the Best-of-N server, e.g. http://127.0.0.1:8000"
+    )
+    run.add_argument("--name", default="bon", help="label of --base-url in reports and plots")
+    run.add_argument(
+        "--api-key",
+        default=os.environ.get("LOADTEST_API_KEY"),
+        help="bearer token for every endpoint (default: $LOADTEST_API_KEY)",
+    )
+    run.add_argument(
+        "--model", default=None, help="model to ask for (default: first of /v1/models)"
+    )
+    run.add_argument(
+        "--best-of", type=int_list, default=(1, 4, 16), help="comma-separated best_of values"
+    )
+    run.add_argument(
+        "--concurrency",
+        type=int_list,
+        default=(1, 4, 16),
+        help="comma-separated limits on requests in flight",
+    )
+    run.add_argument(
+        "--rate",
+        type=rate_arg,
+        default=float("inf"),
+        help="'inf' (as fast as concurrency allows) or 'poisson:R' (R req/s, seeded)",
+    )
+    run.add_argument("--requests", type=int, default=64, help="requests per cell and endpoint")
+    run.add_argument(
+        "--dataset",
+        default="arith",
+        help="'arith' (the arithmetic world) or a JSONL file of {messages|prompt, answer}",
+    )
+    run.add_argument(
+        "--selector", default=None, help="selector for Best-of-N endpoints (default: the server's)"
+    )
+    run.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="another endpoint under the same load; NAME=plain:URL for a plain "
+        "OpenAI server asked for n=best_of, NAME=bon:URL for a Best-of-N one "
+        "(probed when not said); repeatable",
+    )
+    run.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request")
+    run.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    run.add_argument(
+        "--seed", type=int, default=0, help="seed of the dataset draw and the arrivals"
+    )
+    run.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request")
+    run.add_argument(
+        "--cell-timeout", type=float, default=1800.0, help="seconds per cell and endpoint"
+    )
+    run.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="unrecorded requests per endpoint and best_of before the grid",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    run.add_argument("--out", type=Path, required=True, help="output directory")
+
+    bench = sub.add_parser("bench", help="the server against the bare engine (starts both)")
+    from .bench import add_arguments
+
+    add_arguments(bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(args)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .runner import RunConfig, run
+
+    if args.requests < 1:
+        raise SystemExit("--requests must be >= 1")
+    endpoints = [Endpoint(args.name, args.base_url.rstrip("/"), "auto", args.model, args.api_key)]
+    try:
+        endpoints += [parse_compare(spec, args.api_key) for spec in args.compare]
+        items = load_dataset(args.dataset, args.requests, args.seed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    endpoints = [Endpoint(e.name, e.base_url, e.kind, args.model, e.api_key) for e in endpoints]
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"endpoint names must differ, got {names}")
+    config = RunConfig(
+        endpoints=tuple(endpoints),
+        best_of=args.best_of,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        requests=args.requests,
+        dataset=args.dataset,
+        out=args.out,
+        selector=args.selector,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        request_timeout_s=args.request_timeout,
+        cell_timeout_s=args.cell_timeout,
+        warmup=max(0, args.warmup),
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+    )
+    try:
+        reports = asyncio.run(run(config, items))
+    except httpx.HTTPError as exc:  # probing an endpoint failed: nothing was measured
+        raise SystemExit(f"loadtest: {type(exc).__name__}: {exc}") from None
+    print_table(reports, sys.stdout)
+    print(
+        f"wrote {args.out}/cells/*.json, {args.out}/summary.csv"
+        + ("" if args.no_plots else f", {args.out}/plots/*.png")
+    )
+    return 0 if all(r["failed"] == 0 for r in reports) else 1
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(reports: Sequence[dict], stream: TextIO) -> None:
+    """One line per cell: what N costs (latency, tokens) and what it buys (accuracy)."""
+    print(
+        f"{'endpoint':<12} {'N':>3} {'conc':>4} {'ok':>4} {'fail':>4} {'acc':>5} {'oracle':>6} "
+        f"{'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'tok/req':>8} {'tok/correct':>11}",
+        file=stream,
+    )
+    for r in reports:
+        b = r["bon"]
+        print(
+            f"{r['endpoint'][:12]:<12} {b['best_of']:>3} {r['max_concurrency']:>4} "
+            f"{r['completed']:>4} {r['failed']:>4} {_fmt(b['accuracy'], '5.2f'):>5} "
+            f"{_fmt(b['oracle_coverage'], '6.2f'):>6} {r['request_throughput']:>7.2f} "
+            f"{_fmt(r['median_e2el_ms'], '8.0f'):>8} {_fmt(r['p99_e2el_ms'], '8.0f'):>8} "
+            f"{_fmt(b['completion_tokens_per_request'], '8.0f'):>8} "
+            f"{_fmt(b['completion_tokens_per_correct'], '11.0f'):>11}",
+            file=stream,
+        )
