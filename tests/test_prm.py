@@ -14,24 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import save_tiny
+from tiny_models import save_tiny, step_tokenizer
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     LlamaForTokenClassification,
-    PreTrainedTokenizerBase,
 )
 
 from bon_server.scorers.base import check_aggregation
 from bon_server.scorers.prm import PRMScorer
 from bon_server.scorers.steps import STEP_FORMATS, encode_steps, format_steps, split_steps
 from bon_server.types import Candidate, Message, Prompt
-from verifier_training.tokenizer import build_tokenizer, save_tokenizer
+from verifier_training.tokenizer import save_tokenizer
 
-QWEN_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{m['role']}}\n{{m['content']}}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 FORMATS = list(STEP_FORMATS)
 PROMPT = Prompt(messages=(Message("user", "What is 2 + 3 * 4?"),))
 TEXTS = [
@@ -40,18 +35,6 @@ TEXTS = [
     "3 * 4 = 12\n\n2 + 12 = 14\nCheck: 14 - 12 = 2, and 12 / 4 = 3.\nSo 2 + 3 * 4 = 14.\n"
     "The answer is 14.",
 ]
-
-
-def step_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    tok = build_tokenizer()
-    if name == "bon":
-        tok.add_tokens(["<|step|>"], special_tokens=True)
-    elif name == "qwen":
-        tok.add_tokens(["<extra_0>", "<|im_start|>", "<|im_end|>"], special_tokens=True)
-        tok.chat_template = QWEN_TEMPLATE
-    elif name == "math_shepherd":
-        tok.add_tokens(["ки"])
-    return tok
 
 
 def build_tiny_prm(path: Path, name: str, seed: int = 0) -> Path:

@@ -8,6 +8,7 @@ token at (or after) each position are written out by hand.
 from __future__ import annotations
 
 import pytest
+from tiny_models import step_tokenizer
 from tokenizers import processors
 
 from bon_server.scorers.steps import (
@@ -20,26 +21,9 @@ from bon_server.scorers.steps import (
 from bon_server.types import Message, Prompt
 from verifier_training.tokenizer import build_tokenizer
 
-QWEN_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{m['role']}}\n{{m['content']}}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 PROMPT = Prompt(messages=(Message("user", "What is 2 + 3 * 4?"),))
 STEPS = ["3 * 4 = 12", "2 + 12 = 14", "The answer is 14."]
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def step_tokenizer(name: str):
-    """The project tokenizer, extended the way a PRM of format ``name`` would be."""
-    tok = build_tokenizer()
-    if name == "bon":
-        tok.add_tokens(["<|step|>"], special_tokens=True)
-    elif name == "qwen":
-        tok.add_tokens(["<extra_0>", "<|im_start|>", "<|im_end|>"], special_tokens=True)
-        tok.chat_template = QWEN_TEMPLATE
-    elif name == "math_shepherd":
-        tok.add_tokens(["ки"])
-    return tok
 
 
 GOLDEN = {

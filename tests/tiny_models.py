@@ -33,3 +33,24 @@ def save_tiny(model_cls: Any, path: Path, tokenizer: Any, seed: int = 0, **overr
     model_cls(tiny_config(tokenizer, **overrides)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{m['role']}}\n{{m['content']}}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def step_tokenizer(name: str) -> Any:
+    """The project tokenizer, extended the way a PRM of step format ``name`` would be."""
+    from verifier_training.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    if name == "bon":
+        tok.add_tokens(["<|step|>"], special_tokens=True)
+    elif name == "qwen":
+        tok.add_tokens(["<extra_0>", "<|im_start|>", "<|im_end|>"], special_tokens=True)
+        tok.chat_template = QWEN_TEMPLATE
+    elif name == "math_shepherd":
+        tok.add_tokens(["ки"])
+    return tok
