@@ -21,40 +21,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Settings
 from .errors import BonError, error_body, type_for_status
-from .generators.base import Generator
+from .generators import Generator, build_generator
 from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
-from .scorers.base import Scorer
+from .scorers import Scorer, build_scorer
 
 log = logging.getLogger(__name__)
 
 TRACKED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
-
-
-def load_scorer(settings: Settings) -> Scorer | None:
-    if settings.verifier is None:
-        return None
-    if settings.verifier_kind == "orm":
-        from .scorers.orm import ORMScorer
-
-        return ORMScorer.from_pretrained(
-            settings.verifier,
-            device=settings.verifier_device,
-            dtype=settings.verifier_dtype,
-            batch_size=settings.verifier_batch_size,
-        )
-    from .scorers.prm import PRMScorer
-
-    return PRMScorer.from_pretrained(
-        settings.verifier,
-        step_format=settings.verifier_step_format,
-        aggregation=settings.prm_aggregation,
-        device=settings.verifier_device,
-        dtype=settings.verifier_dtype,
-        batch_size=settings.verifier_batch_size,
-        trust_remote_code=settings.verifier_trust_remote_code,
-    )
 
 
 def create_app(
@@ -71,10 +46,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gen, owned = generator, generator is None
         if gen is None:
-            from .generators.vllm_engine import VLLMGenerator
-
-            gen = VLLMGenerator.from_settings(settings)
-        verifier = scorer if scorer is not None else load_scorer(settings)
+            gen = build_generator(settings)
+        verifier = scorer if scorer is not None else build_scorer(settings)
         policy = Policy(
             default_best_of=settings.default_best_of,
             max_best_of=settings.max_best_of,

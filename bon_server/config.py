@@ -40,6 +40,52 @@ class Settings(BaseSettings):
     verifier_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     verifier_batch_size: int = Field(64, ge=1, description="most texts per scoring forward pass")
 
+    # proxy mode (issue 5): candidates from an OpenAI-compatible server, scores from a pooling one
+    upstream: str | None = Field(
+        None, description="OpenAI base URL of a policy server, http://host:8000/v1 (no engine)"
+    )
+    upstream_api_key: str | None = Field(None, description="Bearer key for --upstream")
+    upstream_model: str | None = Field(
+        None, description="model name to ask --upstream for (default: its first /v1/models entry)"
+    )
+    upstream_timeout: float = Field(600.0, gt=0, description="seconds to await an upstream reply")
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="seconds to connect upstream")
+    upstream_retries: int = Field(
+        2, ge=0, description="retries (with backoff) on upstream connection errors and 5xx"
+    )
+    upstream_max_connections: int = Field(256, ge=1, description="pooled upstream connections")
+    verifier_url: str | None = Field(
+        None, description="base URL of a vLLM pooling server that scores (/classify, /pooling)"
+    )
+    verifier_api_key: str | None = Field(None, description="Bearer key for --verifier-url")
+    verifier_model: str | None = Field(
+        None, description="model name on --verifier-url (default: its first /v1/models entry)"
+    )
+
+    # security and limits (issue 6)
+    api_keys: tuple[str, ...] = Field(
+        (), description="accepted Bearer keys (repeat --api-key; BON_API_KEYS comma-separated)"
+    )
+    metrics_require_key: bool = Field(False, description="ask for an API key on /metrics too")
+    max_request_bytes: int = Field(2_000_000, ge=1024, description="largest request body (413)")
+    max_messages: int = Field(1024, ge=1, description="most messages in one chat request")
+    max_message_chars: int = Field(
+        1_000_000, ge=1, description="longest message content / prompt, in characters"
+    )
+    max_sequences_in_flight: int = Field(
+        1024, ge=0, description="admission bound: sequences (requests x best_of) in flight; 0 none"
+    )
+    admission_timeout: float = Field(
+        0.0, ge=0, description="seconds a request may wait for admission before its 429"
+    )
+    request_timeout: float | None = Field(
+        None, gt=0, description="per-request deadline in seconds (504, engine work aborted)"
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="on SIGTERM: seconds to finish in-flight work before aborting it"
+    )
+    log_content: bool = Field(False, description="include prompt and completion text in logs")
+
     # HTTP
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

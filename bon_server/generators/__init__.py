@@ -1,5 +1,19 @@
 """Generators: where candidates come from (in-process vLLM, or an upstream server)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .base import Generator, PreparedRequest
 
-__all__ = ["Generator", "PreparedRequest"]
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Generator", "PreparedRequest", "build_generator"]
+
+
+def build_generator(settings: Settings) -> Generator:
+    """The generator the settings ask for: the in-process vLLM engine (default)."""
+    from .vllm_engine import VLLMGenerator
+
+    return VLLMGenerator.from_settings(settings)

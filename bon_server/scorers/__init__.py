@@ -1,5 +1,38 @@
 """Scorers: verifiers that give each candidate a number (higher is better)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .base import Scorer
 
-__all__ = ["Scorer"]
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Scorer", "build_scorer"]
+
+
+def build_scorer(settings: Settings) -> Scorer | None:
+    """The verifier the settings name (None without one): an ORM or a PRM, loaded in-process."""
+    if settings.verifier is None:
+        return None
+    if settings.verifier_kind == "orm":
+        from .orm import ORMScorer
+
+        return ORMScorer.from_pretrained(
+            settings.verifier,
+            device=settings.verifier_device,
+            dtype=settings.verifier_dtype,
+            batch_size=settings.verifier_batch_size,
+        )
+    from .prm import PRMScorer
+
+    return PRMScorer.from_pretrained(
+        settings.verifier,
+        step_format=settings.verifier_step_format,
+        aggregation=settings.prm_aggregation,
+        device=settings.verifier_device,
+        dtype=settings.verifier_dtype,
+        batch_size=settings.verifier_batch_size,
+        trust_remote_code=settings.verifier_trust_remote_code,
+    )
