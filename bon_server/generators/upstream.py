@@ -1,0 +1,293 @@
+"""Proxy mode: candidates from any OpenAI-compatible server, one upstream call per request.
+
+``bon-server serve --upstream http://policy:8000/v1`` runs no engine. Each Best-of-N
+request becomes ONE upstream call with ``n = best_of`` (so a vLLM upstream computes the
+prompt's prefix once and schedules the candidates together), non-streaming, since every
+candidate must be complete before it can be scored. Chat prompts go to
+``/chat/completions`` (the upstream renders its own chat template, exactly as the
+in-process generator renders the policy's), text and token-id prompts to
+``/completions``.
+
+What the upstream is asked for, beyond the OpenAI fields: vLLM's ``top_k``, ``min_p``,
+``repetition_penalty`` and ``ignore_eos`` only when a request sets them, and
+``return_token_ids`` always, for exact per-candidate token counts. A server that refuses
+``return_token_ids`` with a 400 that names it (OpenAI itself does) is asked again
+without it, once, and never again; then a candidate's length comes from its logprobs
+when there are any, else the upstream's ``usage.completion_tokens`` is shared evenly
+(exact in total, approximate per candidate), and ``Candidate.token_ids`` holds that
+many ``-1`` placeholders. Run vLLM with ``--generation-config vllm`` so that its
+defaults for what a request leaves out are vLLM's, as in-process, not the model's.
+
+What cannot be checked here: context length (the tokenizer is upstream). ``prepare``
+checks what needs no tokenizer (empty or negative token ids, ``--max-tokens-limit``);
+the upstream's 400 for a prompt that is too long comes back as the same 400, its message
+kept and ``code: context_length_exceeded``. A streaming request's prompt is therefore
+checked only once the stream has started: that error arrives as an SSE error event.
+
+Failures map as ``upstream_client.py`` documents: an unreachable upstream is a 503, a
+failing one a 502, a slow one a 504, and its 4xx the same 4xx. The model to ask for is
+``--upstream-model``, else the upstream's first listed model, discovered lazily, so
+bon-server may start before its upstream (``/health`` is 503 until it answers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidRequestError, UpstreamError
+from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from ..upstream_client import ModelResolver, RemoteServer
+from .base import PreparedRequest
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import Settings
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "eos": "stop", "content_filter": "stop"}
+
+
+class UpstreamGenerator:
+    def __init__(
+        self,
+        remote: RemoteServer,
+        *,
+        model_name: str,
+        upstream_model: str | None = None,
+        max_tokens_limit: int | None = None,
+    ) -> None:
+        self.remote = remote
+        self.model_name = model_name  # the name clients use; upstream_model is upstream's
+        self.models = ModelResolver(remote, upstream_model)
+        self.max_tokens_limit = max_tokens_limit
+        self.ask_token_ids = True  # until the upstream refuses vLLM's return_token_ids
+        self._in_flight = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> UpstreamGenerator:
+        assert settings.upstream is not None
+        remote = RemoteServer(
+            settings.upstream,
+            name="upstream",
+            api_key=settings.upstream_api_key,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            retries=settings.upstream_retries,
+            max_connections=settings.upstream_max_connections,
+            transport=transport,
+        )
+        return cls(
+            remote,
+            model_name=settings.model_name,
+            upstream_model=settings.upstream_model,
+            max_tokens_limit=settings.max_tokens_limit,
+        )
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
+        max_tokens = params.max_tokens
+        if self.max_tokens_limit is not None:
+            if max_tokens is None:
+                max_tokens = self.max_tokens_limit
+            elif max_tokens > self.max_tokens_limit:
+                raise InvalidRequestError(
+                    f"max_tokens ({max_tokens}) exceeds this server's limit "
+                    f"({self.max_tokens_limit})",
+                    param="max_tokens",
+                )
+        body = _sampling_body(params, n, max_tokens)
+        if prompt.messages is not None:
+            path = "/chat/completions"
+            body["messages"] = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            if params.logprobs is not None:
+                body["logprobs"] = True
+                body["top_logprobs"] = params.logprobs
+        else:
+            path = "/completions"
+            if prompt.token_ids is not None:
+                if not prompt.token_ids:
+                    raise InvalidRequestError("prompt must not be empty", param="prompt")
+                bad = [t for t in prompt.token_ids if t < 0]
+                if bad:
+                    raise InvalidRequestError(f"token id {bad[0]} is negative", param="prompt")
+                body["prompt"] = list(prompt.token_ids)
+            else:
+                body["prompt"] = prompt.text or ""
+            if params.logprobs is not None:
+                body["logprobs"] = params.logprobs
+        # The prompt's length is known only once upstream has tokenized it (usage).
+        return PreparedRequest(prompt, params, n, 0, payload=(path, body))
+
+    # ----------------------------------------------------------------- generate
+
+    async def generate(self, request: PreparedRequest) -> Generation:
+        path, body = request.payload
+        body = {"model": await self.models.resolve(), **body}
+        self._in_flight += request.n
+        try:
+            reply = await self._call(path, body)
+        finally:
+            self._in_flight -= request.n
+        return self._generation(reply, request, chat=path == "/chat/completions")
+
+    async def _call(self, path: str, body: dict[str, Any]) -> Any:
+        if not self.ask_token_ids:
+            return await self.remote.post(path, body)
+        try:
+            return await self.remote.post(path, {**body, "return_token_ids": True})
+        except InvalidRequestError as exc:
+            if "return_token_ids" not in exc.message:
+                raise
+        self.ask_token_ids = False  # not vLLM: count tokens from logprobs or usage
+        return await self.remote.post(path, body)
+
+    def _generation(self, reply: Any, request: PreparedRequest, *, chat: bool) -> Generation:
+        try:
+            choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
+            usage = reply.get("usage") or {}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(f"upstream reply has no choices: {exc!r}") from None
+        if len(choices) != request.n:
+            raise UpstreamError(f"upstream returned {len(choices)} choices for n={request.n}")
+        want_logprobs = request.params.logprobs is not None
+        parsed = [_parse_choice(c, chat, request.params.logprobs) for c in choices]
+        counts = _token_counts(parsed, usage.get("completion_tokens"))
+        candidates = []
+        for (text, finish, token_ids, entries), count in zip(parsed, counts, strict=True):
+            cumulative = None
+            logprobs = None
+            if want_logprobs:
+                if entries is None:
+                    raise UpstreamError("upstream returned no logprobs although they were asked")
+                cumulative = math.fsum(e.logprob for e in entries)
+                logprobs = _visible(entries, text, finish)
+            candidates.append(
+                Candidate(
+                    text=text,
+                    token_ids=token_ids if token_ids is not None else (-1,) * count,
+                    cumulative_logprob=cumulative,
+                    finish_reason=finish[0],  # type: ignore[arg-type]
+                    logprobs=logprobs,
+                )
+            )
+        prompt_tokens = usage.get("prompt_tokens")
+        if not isinstance(prompt_tokens, int):
+            prompt_tokens = len(reply.get("prompt_token_ids") or ())
+        return Generation(tuple(candidates), prompt_tokens=prompt_tokens)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def num_unfinished(self) -> int:
+        """Candidates this server is waiting for upstream (not the upstream's own count)."""
+        return self._in_flight
+
+    async def check_health(self) -> None:
+        """Healthy when the upstream lists the model we ask it for, within a few seconds."""
+        await self.models.check()
+
+    async def aclose(self) -> None:
+        await self.remote.aclose()
+
+
+def _sampling_body(p: SamplingParams, n: int, max_tokens: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"n": n, "temperature": p.temperature, "top_p": p.top_p}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.presence_penalty:
+        body["presence_penalty"] = p.presence_penalty
+    if p.frequency_penalty:
+        body["frequency_penalty"] = p.frequency_penalty
+    if p.logit_bias:
+        body["logit_bias"] = {str(t): b for t, b in p.logit_bias}
+    # vLLM's extras, only when asked for: a plain OpenAI server would refuse them.
+    if p.top_k:
+        body["top_k"] = p.top_k
+    if p.min_p:
+        body["min_p"] = p.min_p
+    if p.repetition_penalty != 1.0:
+        body["repetition_penalty"] = p.repetition_penalty
+    if p.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+# (text, (finish_reason, stop_reason), token_ids or None, logprob entries or None)
+Parsed = tuple[str, tuple[str, Any], tuple[int, ...] | None, list[TokenLogprob] | None]
+
+
+def _parse_choice(choice: dict[str, Any], chat: bool, k: int | None) -> Parsed:
+    try:
+        text = (choice["message"].get("content") if chat else choice["text"]) or ""
+    except (KeyError, AttributeError):
+        raise UpstreamError("upstream returned a choice without text") from None
+    reason = choice.get("finish_reason")
+    if reason not in FINISH_REASONS:
+        raise UpstreamError(f"upstream generation ended with {reason!r}")
+    finish = (FINISH_REASONS[reason], choice.get("stop_reason"))
+    ids = choice.get("token_ids")
+    token_ids = tuple(int(t) for t in ids) if isinstance(ids, list) else None
+    entries = None
+    raw = choice.get("logprobs")
+    if k is not None and raw:
+        entries = _chat_entries(raw, k) if chat else _completion_entries(raw, k)
+    return text, finish, token_ids, entries
+
+
+def _chat_entries(raw: dict[str, Any], k: int) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=e["token"],
+            logprob=float(e["logprob"]),
+            top=tuple((t["token"], float(t["logprob"])) for t in (e.get("top_logprobs") or [])[:k]),
+        )
+        for e in raw.get("content") or []
+    ]
+
+
+def _completion_entries(raw: dict[str, Any], k: int) -> list[TokenLogprob]:
+    entries = []
+    tops = raw.get("top_logprobs") or []
+    for i, (token, lp) in enumerate(zip(raw["tokens"], raw["token_logprobs"], strict=True)):
+        # The legacy dict also holds the sampled token: keep the k most likely, best first.
+        top = sorted((tops[i] or {}).items(), key=lambda kv: -kv[1])[:k] if i < len(tops) else []
+        entries.append(TokenLogprob(token, float(lp), tuple((t, float(v)) for t, v in top)))
+    return entries
+
+
+def _visible(entries: list[TokenLogprob], text: str, finish: tuple[str, Any]) -> tuple:
+    """The entries of the text's own tokens: vLLM also reports the EOS that ended it.
+
+    In-process, the EOS counts in the token count and the cumulative log-probability
+    (the logprob selector's mean) but is not shown among the logprobs; do the same.
+    """
+    reason, stop_reason = finish
+    if (
+        entries
+        and reason == "stop"
+        and not isinstance(stop_reason, str)  # not a stop string: an EOS or stop token id
+        and "".join(e.token for e in entries) != text
+    ):
+        entries = entries[:-1]
+    return tuple(entries)
+
+
+def _token_counts(parsed: Sequence[Parsed], total: Any) -> list[int]:
+    """Exact lengths from token ids or logprobs, else the usage total shared evenly."""
+    exact = [
+        len(ids) if ids is not None else len(entries) if entries is not None else None
+        for _, _, ids, entries in parsed
+    ]
+    if all(c is not None for c in exact):
+        return exact  # type: ignore[return-value]
+    total = total if isinstance(total, int) and total >= 0 else 0
+    share, extra = divmod(total, max(1, len(parsed)))
+    return [share + (i < extra) for i in range(len(parsed))]
