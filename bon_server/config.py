@@ -6,17 +6,33 @@ module-level instance.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .answers import DEFAULT_RULES, check_rules
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_POLICY = EMBEDDED_DIR / "arith-policy"
 EMBEDDED_POLICY_NAME = "arith-policy"
+
+
+def _string_list(value: object) -> list[str]:
+    """A comma-separated string (env var, flag), a JSON list, or a list: a list of strings.
+
+    List fields are ``NoDecode``: pydantic-settings would otherwise insist that
+    ``BON_API_KEYS=a,b`` be JSON.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else [text]
+    items = []
+    for item in value:  # type: ignore[union-attr]
+        items.extend(p.strip() for p in str(item).split(","))
+    return [i for i in items if i]
 
 
 class Settings(BaseSettings):
@@ -63,23 +79,31 @@ class Settings(BaseSettings):
     )
 
     # security and limits (issue 6)
-    api_keys: tuple[str, ...] = Field(
-        (), description="accepted Bearer keys (repeat --api-key; BON_API_KEYS comma-separated)"
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        repr=False,
+        description="accepted Bearer key; repeat --api-key (BON_API_KEYS: comma-separated); "
+        "none: no authentication",
     )
     metrics_require_key: bool = Field(False, description="ask for an API key on /metrics too")
     max_request_bytes: int = Field(2_000_000, ge=1024, description="largest request body (413)")
-    max_messages: int = Field(1024, ge=1, description="most messages in one chat request")
+    max_messages: int = Field(
+        1024, ge=1, description="most messages in a chat request (prompts in a completions one)"
+    )
     max_message_chars: int = Field(
-        1_000_000, ge=1, description="longest message content / prompt, in characters"
+        1_000_000, ge=1, description="longest message content or prompt, in characters (tokens)"
     )
     max_sequences_in_flight: int = Field(
-        1024, ge=0, description="admission bound: sequences (requests x best_of) in flight; 0 none"
+        1024,
+        ge=0,
+        description="admission bound: sequences in flight, a request counting best_of x prompts; "
+        "0: unbounded",
     )
     admission_timeout: float = Field(
-        0.0, ge=0, description="seconds a request may wait for admission before its 429"
+        0.0, ge=0, description="seconds a request may queue for admission before its 429 (0: none)"
     )
     request_timeout: float | None = Field(
-        None, gt=0, description="per-request deadline in seconds (504, engine work aborted)"
+        None, gt=0, description="deadline in seconds for a request's work once admitted (504)"
     )
     shutdown_timeout: float = Field(
         30.0, ge=0, description="on SIGTERM: seconds to finish in-flight work before aborting it"
@@ -96,7 +120,7 @@ class Settings(BaseSettings):
     default_selector: str | None = Field(
         None, description="None: verifier if loaded, else majority"
     )
-    answer_rules: tuple[str, ...] = DEFAULT_RULES
+    answer_rules: Annotated[tuple[str, ...], NoDecode] = DEFAULT_RULES
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on max_tokens per request")
     keepalive_interval_s: float = Field(2.0, gt=0, description="SSE comment period while sampling")
 
@@ -112,15 +136,26 @@ class Settings(BaseSettings):
     @field_validator("answer_rules", mode="before")
     @classmethod
     def _rules(cls, value: object) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        return check_rules(list(value))  # type: ignore[arg-type]
+        return check_rules(_string_list(value))
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> tuple[str, ...]:
+        keys = _string_list(value)
+        if any(any(ch.isspace() for ch in k) for k in keys):
+            raise ValueError("API keys must not contain whitespace")
+        return tuple(keys)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.default_best_of > self.max_best_of:
             raise ValueError(
                 f"default_best_of ({self.default_best_of}) exceeds max_best_of ({self.max_best_of})"
+            )
+        if 0 < self.max_sequences_in_flight < self.max_best_of:
+            raise ValueError(
+                f"max_sequences_in_flight ({self.max_sequences_in_flight}) is below max_best_of "
+                f"({self.max_best_of}): a request at the cap could never be admitted"
             )
         if self.default_selector is not None:
             from .selectors import SELECTORS, check_selector
