@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
@@ -55,4 +56,32 @@ class Metrics:
         )
         self.client_disconnects = Counter(
             "bon_client_disconnects_total", "Requests abandoned by their client.", registry=r
+        )
+        # reliability (issue 6)
+        self.sequences_in_flight = Gauge(
+            "bon_sequences_in_flight",
+            "Sequences admitted and not yet finished (each request counts best_of x prompts).",
+            registry=r,
+        )
+        self.admission_queued = Gauge(
+            "bon_admission_queue_length", "Requests waiting for admission.", registry=r
+        )
+        self.admission_wait = Histogram(
+            "bon_admission_wait_seconds",
+            "Time admitted requests waited in the admission queue.",
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.admission_rejected = Counter(
+            "bon_admission_rejected_total",
+            "Requests refused with 429 because the server was full.",
+            registry=r,
+        )
+        self.request_timeouts = Counter(
+            "bon_request_timeouts_total",
+            "Requests whose work passed --request-timeout and was aborted.",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bon_auth_failures_total", "Requests refused with 401.", registry=r
         )
