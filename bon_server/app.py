@@ -3,10 +3,19 @@
 ``create_app(settings, generator=..., scorer=...)`` takes injected backends so
 tests can serve a fake generator; with none given, the lifespan starts the
 in-process vLLM engine and loads the verifier named in the settings.
+
+The layers a request passes, outermost first: ``RequestContextMiddleware``
+(request id, access log), ``MetricsMiddleware``, ``GuardMiddleware`` (draining,
+API keys, body size), then the routes, which plan the request and pass it
+through the ``WorkGate`` (admission, deadline). On shutdown (after uvicorn's
+``--shutdown-timeout`` grace), whatever is still in flight is aborted before the
+engine stops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +28,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import WorkGate
 from .config import Settings
 from .errors import BonError, error_body, type_for_status
 from .generators import Generator, build_generator
+from .logs import RequestContextMiddleware
 from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
 from .scorers import Scorer, build_scorer
+from .security import GuardMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +54,124 @@ def create_app(
     settings = settings or Settings()
     metrics = metrics or Metrics()
 
+    gate = WorkGate(
+        max_sequences=settings.max_sequences_in_flight,
+        admission_timeout=settings.admission_timeout,
+        request_timeout=settings.request_timeout,
+        metrics=metrics,
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.draining = False
         gen, owned = generator, generator is None
         if gen is None:
             gen = build_generator(settings)
-        verifier = scorer if scorer is not None else build_scorer(settings)
+        verifier, owned_scorer = scorer, scorer is None
+        if verifier is None:
+            verifier = build_scorer(settings)
         policy = Policy(
             default_best_of=settings.default_best_of,
             max_best_of=settings.max_best_of,
             default_selector=settings.default_selector
             or ("verifier" if verifier is not None else "majority"),
             answer_rules=settings.answer_rules,
+            max_tokens_limit=settings.max_tokens_limit,
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):
             metrics.engine_unfinished.set_function(gen.num_unfinished)
         log.info("serving %s (verifier: %s)", settings.model_name, settings.verifier or "none")
+        if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "listening on %s with no --api-key: anyone can spend this server's compute",
+                settings.host,
+            )
         try:
             yield
         finally:
+            app.state.draining = True
+            aborted = await gate.abort_all()  # what uvicorn's graceful period did not finish
+            if aborted:
+                log.warning("aborted %d request(s) still in flight at shutdown", aborted)
             if owned and hasattr(gen, "shutdown"):
                 gen.shutdown()
+            await _aclose(gen if owned else None, verifier if owned_scorer else None)
 
     app = FastAPI(title="bon", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.gate = gate
+    app.state.draining = False
     app.include_router(router)
+    # added innermost first: the request passes context -> metrics -> guard -> routes
+    app.add_middleware(
+        GuardMiddleware,
+        api_keys=settings.api_keys,
+        metrics_require_key=settings.metrics_require_key,
+        max_request_bytes=settings.max_request_bytes,
+        metrics=metrics,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
+    _tidy_openapi(
+        app, bearer=bool(settings.api_keys), metrics_open=not settings.metrics_require_key
+    )
     return app
+
+
+async def drain(app: FastAPI, grace_s: float) -> None:
+    """Refuse new work (503, /health too), give what is in flight ``grace_s`` seconds to
+    finish, then abort the rest: their clients get a 503 (or a stream's error event)."""
+    app.state.draining = True
+    gate: WorkGate = app.state.gate
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    if gate.tasks:
+        log.info("draining: %d request(s) in flight, %g s to finish", len(gate.tasks), grace_s)
+    while gate.tasks and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if gate.tasks:
+        log.warning("draining: aborting %d request(s) past the shutdown timeout", len(gate.tasks))
+        await gate.abort_all()
+
+
+async def _aclose(*resources: object) -> None:
+    """Close HTTP clients and the like (an upstream generator, a remote scorer)."""
+    for resource in resources:
+        close = getattr(resource, "aclose", None)
+        if close is None or not inspect.iscoroutinefunction(close):
+            continue
+        try:
+            await close()
+        except Exception:
+            log.exception("closing %r failed", resource)
+
+
+def _tidy_openapi(app: FastAPI, *, bearer: bool, metrics_open: bool) -> None:
+    """The document the server really follows: errors are 400s (never FastAPI's 422), and
+    with API keys on, a bearer scheme on every path but /health (and /metrics if open)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path, item in schema.get("paths", {}).items():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+                if bearer and not (path == "/health" or (path == "/metrics" and metrics_open)):
+                    operation["security"] = [{"bearer": []}]
+        components = schema.setdefault("components", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(name, None)
+        if bearer:
+            components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

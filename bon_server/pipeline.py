@@ -44,6 +44,7 @@ class Policy:
     max_best_of: int = 64
     default_selector: str = "majority"
     answer_rules: tuple[str, ...] = DEFAULT_RULES
+    max_tokens_limit: int | None = None
 
 
 class BestOfN:
@@ -80,6 +81,12 @@ class BestOfN:
             raise InvalidRequestError(
                 f"best_of ({best_of}) exceeds this server's limit ({policy.max_best_of})",
                 param="best_of" if best_of > n else "n",
+            )
+        limit = policy.max_tokens_limit
+        if limit is not None and params.max_tokens is not None and params.max_tokens > limit:
+            raise InvalidRequestError(
+                f"max_tokens ({params.max_tokens}) exceeds this server's limit ({limit})",
+                param="max_tokens",
             )
         name = selector or policy.default_selector
         try:

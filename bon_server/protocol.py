@@ -78,7 +78,10 @@ class _Common(OpenAIModel):
 
     model: str | None = None
     frequency_penalty: Penalty = 0.0
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: (
+        Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=1024)]
+        | None
+    ) = None
     n: Count = 1
     presence_penalty: Penalty = 0.0
     seed: int | None = None
@@ -180,6 +183,26 @@ class ChatCompletionRequest(_Common):
             raise InvalidRequestError("tool calling is not supported", param="tools")
         return self
 
+    def check_size(self, max_messages: int, max_chars: int) -> None:
+        """The server's bounds on message count and length (settings, so not a validator)."""
+        if len(self.messages) > max_messages:
+            raise InvalidRequestError(
+                f"{len(self.messages)} messages exceed this server's limit of {max_messages}",
+                param="messages",
+            )
+        for i, m in enumerate(self.messages):
+            content = m.content
+            size = (
+                len(content)
+                if isinstance(content, str)
+                else sum(len(p.text or "") for p in content or ())
+            )
+            if size > max_chars:
+                raise InvalidRequestError(
+                    f"message {i} has {size} characters; this server's limit is {max_chars}",
+                    param=f"messages.{i}.content",
+                )
+
     def to_prompt(self) -> Prompt:
         messages = []
         for i, m in enumerate(self.messages):
@@ -211,6 +234,25 @@ class CompletionRequest(_Common):
         if isinstance(self.prompt, list) and len(self.prompt) == 0:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         return self
+
+    def check_size(self, max_prompts: int, max_chars: int) -> None:
+        """The server's bounds on how many prompts and how long each (characters or tokens)."""
+        p = self.prompt
+        if isinstance(p, str) or all(isinstance(x, int) for x in p):
+            prompts: list[Any] = [p]
+        else:
+            prompts = list(p)
+        if len(prompts) > max_prompts:
+            raise InvalidRequestError(
+                f"{len(prompts)} prompts exceed this server's limit of {max_prompts}",
+                param="prompt",
+            )
+        for prompt in prompts:
+            if len(prompt) > max_chars:
+                raise InvalidRequestError(
+                    f"a prompt of length {len(prompt)} exceeds this server's limit of {max_chars}",
+                    param="prompt",
+                )
 
     def to_prompts(self) -> list[Prompt]:
         p = self.prompt
@@ -354,3 +396,8 @@ class ErrorDetail(OpenAIModel):
 
 class ErrorResponse(OpenAIModel):
     error: ErrorDetail
+
+
+class HealthStatus(OpenAIModel):
+    status: str  # ok | draining | unhealthy
+    detail: str | None = None

@@ -1,23 +1,32 @@
-"""Thin HTTP handlers: wire request -> pipeline plan -> run -> wire response."""
+"""Thin HTTP handlers: wire request -> pipeline plan -> admission -> run -> wire response.
+
+Every client mistake (validation, limits, context length, a request larger than
+the admission bound) is found before the request queues or any engine work
+starts, so even a streaming request gets a plain 4xx.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import InvalidRequestError, ModelNotFoundError
-from .pipeline import BestOfN
+from .admission import Ticket, WorkGate
+from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .logs import AccessRecord, access_record, note_outcome
+from .pipeline import BestOfN, Plan
 from .protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    HealthStatus,
     ModelCard,
     ModelList,
     completion_id,
@@ -30,11 +39,17 @@ from .responses import (
     completion_chunks,
     completion_response,
 )
-from .streaming import stream_result
+from .streaming import SHUTTING_DOWN, stream_result
+from .types import Prompt
 
 T = TypeVar("T")
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 504)
+}
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 404)
+}
 
 router = APIRouter()
 
@@ -69,26 +84,99 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(watch())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        client_left = watcher.done()
     finally:
         if not task.done():
             task.cancel()
         watcher.cancel()
-    if not task.done() or task.cancelled():
+    if not client_left and task.cancelled():  # aborted by shutdown, not by the client
+        raise ServiceUnavailableError(SHUTTING_DOWN, code="draining")
+    if client_left and not (task.done() and not task.cancelled()):
         request.app.state.metrics.client_disconnects.inc()
         raise ClientDisconnected
     return task.result()
 
 
-def _disconnected_response() -> Response:
+async def _admit(request: Request, gate: WorkGate, cost: int) -> Ticket:
+    ticket = gate.try_admit(cost)  # the common case: room now, no tasks spawned
+    if ticket is None:
+        ticket = await _until_disconnect(request, gate.admit(cost))
+    return ticket
+
+
+async def _serve(
+    request: Request,
+    *,
+    stream: bool,
+    n: int,
+    plans: Sequence[Plan],
+    prompts: Sequence[Prompt],
+    work: Callable[[], Coroutine[Any, Any, T]],
+    full: Callable[[T], dict[str, Any]],
+    chunks: Callable[[T], Iterable[dict[str, Any]]],
+) -> Response:
+    """Admission, the deadline and disconnects around the pipeline's work; one shape for both
+    endpoints. ``work`` is only called once the request is admitted."""
+    state = request.app.state
+    gate: WorkGate = state.gate
+    record = access_record(request)
+    record.stream, record.n, record.prompts = stream, n, len(plans)
+    record.best_of, record.selector = plans[0].best_of, plans[0].selector
+    try:
+        ticket = await _admit(request, gate, sum(p.best_of for p in plans))
+    except ClientDisconnected:
+        return _disconnected_response(record)
+    task = gate.start(work(), ticket)
+    log_content = state.settings.log_content
+    task.add_done_callback(partial(_note, record, n=n, log_content=log_content, prompts=prompts))
+    if stream:
+        events = stream_result(
+            task,
+            chunks,
+            keepalive_s=state.settings.keepalive_interval_s,
+            on_disconnect=partial(_stream_disconnected, state.metrics, record),
+        )
+        return StreamingResponse(events, media_type="text/event-stream")
+    try:
+        result = await _until_disconnect(request, task)
+    except ClientDisconnected:
+        return _disconnected_response(record)
+    return JSONResponse(full(result))
+
+
+def _note(
+    record: AccessRecord, task: asyncio.Task, *, n: int, log_content: bool, prompts: Sequence
+) -> None:
+    if task.cancelled():
+        record.error = "cancelled"
+        return
+    outcome = task.exception() or task.result()
+    note_outcome(record, outcome, n=n, log_content=log_content, prompts=prompts)
+
+
+def _stream_disconnected(metrics: Any, record: AccessRecord) -> None:
+    record.disconnected = True
+    metrics.client_disconnects.inc()
+
+
+def _disconnected_response(record: AccessRecord) -> Response:
+    record.disconnected = True
     return Response(status_code=499)
+
+
+def _limits(request: Request) -> tuple[int, int]:
+    settings = request.app.state.settings
+    return settings.max_messages, settings.max_message_chars
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     model = _check_model(request, body.model)
+    body.check_size(*_limits(request))
     pipeline = _pipeline(request)
+    prompt = body.to_prompt()
     plan = pipeline.plan(
-        body.to_prompt(),
+        prompt,
         body.to_sampling(),
         n=body.n,
         best_of=body.best_of,
@@ -98,25 +186,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     meta = ResponseMeta(
         completion_id("chatcmpl"), now(), model, body.n, body.return_candidates, body.include_usage
     )
-    if body.stream:
-        metrics = request.app.state.metrics
-        events = stream_result(
-            pipeline.run(plan),
-            lambda result: chat_chunks(result, meta),
-            keepalive_s=request.app.state.settings.keepalive_interval_s,
-            on_disconnect=metrics.client_disconnects.inc,
-        )
-        return StreamingResponse(events, media_type="text/event-stream")
-    try:
-        result = await _until_disconnect(request, pipeline.run(plan))
-    except ClientDisconnected:
-        return _disconnected_response()
-    return JSONResponse(chat_response(result, meta).model_dump())
+    return await _serve(
+        request,
+        stream=body.stream,
+        n=body.n,
+        plans=[plan],
+        prompts=[prompt],
+        work=partial(pipeline.run, plan),
+        full=lambda result: chat_response(result, meta).model_dump(),
+        chunks=lambda result: chat_chunks(result, meta),
+    )
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model = _check_model(request, body.model)
+    body.check_size(*_limits(request))
     pipeline = _pipeline(request)
     prompts = body.to_prompts()
     if body.echo and (body.logprobs is not None or any(p.text is None for p in prompts)):
@@ -139,38 +224,40 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     meta = ResponseMeta(
         completion_id("cmpl"), now(), model, body.n, body.return_candidates, body.include_usage
     )
-    work = asyncio.gather(*(pipeline.run(plan) for plan in plans))
-    if body.stream:
-        metrics = request.app.state.metrics
-        events = stream_result(
-            work,
-            lambda results: completion_chunks(results, meta, echo),
-            keepalive_s=request.app.state.settings.keepalive_interval_s,
-            on_disconnect=metrics.client_disconnects.inc,
-        )
-        return StreamingResponse(events, media_type="text/event-stream")
-    try:
-        results = await _until_disconnect(request, work)
-    except ClientDisconnected:
-        return _disconnected_response()
-    return JSONResponse(completion_response(results, meta, echo).model_dump())
+
+    async def work() -> list:
+        return list(await asyncio.gather(*(pipeline.run(plan) for plan in plans)))
+
+    return await _serve(
+        request,
+        stream=body.stream,
+        n=body.n,
+        plans=plans,
+        prompts=prompts,
+        work=work,
+        full=lambda results: completion_response(results, meta, echo).model_dump(),
+        chunks=lambda results: completion_chunks(results, meta, echo),
+    )
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=READ_ERRORS)
 async def list_models(request: Request) -> ModelList:
     settings = request.app.state.settings
     return ModelList(data=[ModelCard(id=settings.model_name, created=0, root=settings.model)])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=READ_ERRORS)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     settings = request.app.state.settings
     _check_model(request, model_id)
     return ModelCard(id=settings.model_name, created=0, root=settings.model)
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
 async def health(request: Request) -> Response:
+    """200 while serving; 503 once the engine has died or the server is draining."""
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse({"status": "draining"}, status_code=503)
     generator = _pipeline(request).generator
     check = getattr(generator, "check_health", None)
     try:
@@ -181,7 +268,14 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/metrics")
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"model": ErrorResponse},
+}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
 async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

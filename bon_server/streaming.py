@@ -5,7 +5,8 @@ Nothing of the answer can be streamed before selection (it is not known which
 candidate wins), so the stream holds the connection open with SSE comments and
 then sends the selected choices as OpenAI chunks. If the client goes away,
 Starlette cancels this generator and the ``finally`` cancels the pipeline task,
-which aborts every candidate in the engine.
+which aborts every candidate in the engine. A deadline or a shutdown that ends the
+work while the client is still there becomes an error event, then ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from .errors import BonError, error_body
+from .errors import BonError, ServiceUnavailableError, error_body
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
+SHUTTING_DOWN = "the server is shutting down; the request was aborted"
 
 
 def sse(data: dict[str, Any]) -> str:
@@ -47,6 +49,8 @@ async def stream_result(
         try:
             for chunk in render(task.result()):
                 yield sse(chunk)
+        except asyncio.CancelledError:  # the work, not this stream, was cancelled: a shutdown
+            yield sse(ServiceUnavailableError(SHUTTING_DOWN, code="draining").body())
         except BonError as exc:
             yield sse(exc.body())
         except Exception:
