@@ -685,13 +685,11 @@ def wait_metric(server: ServerProcess, name: str, predicate, timeout_s: float = 
 def test_engine_keys_with_the_openai_sdk(guarded):
     import openai
 
-    for key in (None, "sk-wrong"):
-        with openai.OpenAI(
-            base_url=f"{guarded.base_url}/v1", api_key=key or "", max_retries=0
-        ) as c:
-            with pytest.raises(openai.AuthenticationError) as info:
-                c.models.list()
-            assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+    with openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key="sk-wrong", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError) as info:
+            c.models.list()
+        assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+    openai_error(engine_chat(guarded.base_url, key=None), 401)
     for key in (ENGINE_KEY, "sk-other"):
         with openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=key, max_retries=0) as c:
             r = c.chat.completions.create(
@@ -764,7 +762,8 @@ def test_engine_access_log_has_the_request_id_and_no_text(guarded):
 @pytest.mark.engine
 def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
     """SIGTERM with --shutdown-timeout 3: a request that ends within it completes; two that
-    cannot get a 503 (one streamed: an error event then [DONE]); the process exits promptly."""
+    cannot get a 503 (one streamed: an error event then [DONE]); the process exits promptly.
+    Fewer sequences than the engine schedules at once (128 on CPU), so none waits in vLLM."""
     proc = ServerProcess(["--shutdown-timeout", "3"], tmp_path / "sigterm.log")
     try:
         proc.wait_ready()
@@ -777,21 +776,24 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
 
         threads = [
             threading.Thread(target=post, args=("long",), kwargs=LONG),
-            threading.Thread(target=post, args=("stream",), kwargs={**LONG, "stream": True}),
+            threading.Thread(
+                target=post, args=("stream",), kwargs={**LONG, "best_of": 32, "stream": True}
+            ),
         ]
         for t in threads:
             t.start()
-        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 128)
+        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 96)
         short = threading.Thread(
             target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
         )
         short.start()
-        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 132)
+        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 100)
         start = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         for t in [*threads, short]:
             t.join(timeout=60)
-        assert proc.proc.wait(timeout=60) == 0
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert proc.proc.wait(timeout=60) in (0, -signal.SIGTERM)
         took = time.monotonic() - start
         assert results["short"].status_code == 200
         assert openai_error(results["long"], 503)["code"] == "draining"
