@@ -181,6 +181,14 @@ class RemoteORMScorer(_RemoteScorer):
             raise UpstreamError(f"verifier returned no class probabilities: {exc!r}") from None
 
 
+def _check_head(fmt: StepFormat) -> None:
+    if fmt.head != "classify":
+        raise ValueError(
+            f"step format {fmt.name!r} reads a causal LM's logits, which a vLLM pooling "
+            "server does not return; score it in-process (drop --verifier-url)"
+        )
+
+
 class RemotePRMScorer(_RemoteScorer):
     kind = "prm"
 
@@ -195,11 +203,7 @@ class RemotePRMScorer(_RemoteScorer):
         max_length: int = 4096,
         batch_size: int = 64,
     ) -> None:
-        if fmt.head != "classify":
-            raise ValueError(
-                f"step format {fmt.name!r} reads a causal LM's logits, which a vLLM pooling "
-                "server does not return; score it in-process (drop --verifier-url)"
-            )
+        _check_head(fmt)
         super().__init__(remote, model=model, max_length=max_length, batch_size=batch_size)
         self.aggregation = check_aggregation(aggregation)
         self.tokenizer = tokenizer
@@ -214,6 +218,7 @@ class RemotePRMScorer(_RemoteScorer):
         tokenizer, config = _load_tokenizer(settings.verifier, settings.verifier_trust_remote_code)
         step_format = settings.verifier_step_format
         fmt = detect_format(tokenizer) if step_format == "auto" else check_format(step_format)
+        _check_head(fmt)
         architectures = config.get("architectures") or []
         if architectures and not any(
             a.endswith("ForTokenClassification") or a == QWEN_PRM_ARCHITECTURE

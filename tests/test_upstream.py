@@ -1,0 +1,850 @@
+"""Proxy mode: bon-server in front of an OpenAI-compatible upstream.
+
+Three layers, cheapest first:
+
+1. ``httpx.MockTransport`` upstreams: what one Best-of-N request sends (ONE call,
+   ``n = best_of``), how choices become candidates, retries and backoff, the 4xx / 5xx /
+   timeout mapping, the ``return_token_ids`` fallback, cancellation.
+2. Fault tests with no engine: bon-server (the real CLI, in a subprocess) against a
+   closed port, and the generator against a peer that accepts and never answers: an
+   OpenAI-shaped 503 / 504, quickly, never a hang or a 500.
+3. ``engine``: real vLLM OpenAI servers on loopback (the embedded policy; a tiny ORM and
+   a tiny PRM with ``--runner pooling``), bon-server in front, and the client-level
+   checks of the in-process suite through the official ``openai`` SDK, with the remote
+   verifiers' scores checked against the in-process scorers on the same candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from upstream_servers import (
+    POLICY_NAME,
+    BonProcess,
+    VLLMServer,
+    closed_port,
+    vllm_servers,
+    workdir,
+)
+
+from bon_server.app import create_app
+from bon_server.config import Settings
+from bon_server.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from bon_server.generators import build_generator
+from bon_server.generators.upstream import UpstreamGenerator
+from bon_server.types import Message, Prompt, SamplingParams
+from bon_server.upstream_client import RelayedError, RemoteServer
+
+MODEL = POLICY_NAME
+Q = "What is 17 + 4 * 23 - 9?"
+CHAT = Prompt(messages=(Message("user", "What is 2 + 3?"),))
+
+# ------------------------------------------------------------ a scripted upstream
+
+
+def chat_reply(n: int, *, logprobs: bool = False, token_ids: bool = True) -> dict[str, Any]:
+    """What vLLM answers: each candidate "= 5" then EOS (4 tokens, EOS in ids and logprobs)."""
+    choices = []
+    for i in range(n):
+        choice: dict[str, Any] = {
+            "index": i,
+            "message": {"role": "assistant", "content": "= 5"},
+            "finish_reason": "stop" if i % 2 == 0 else "length",
+            "stop_reason": None,
+        }
+        if token_ids:
+            choice["token_ids"] = [10, 11, 12, 2] if i % 2 == 0 else [10, 11, 12]
+        if logprobs:
+            tokens = ["=", " ", "5", "<|end|>"] if i % 2 == 0 else ["=", " ", "5"]
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": -0.5 * (i + 1),
+                        "top_logprobs": [
+                            {"token": t, "logprob": -0.5 * (i + 1)},
+                            {"token": "x", "logprob": -9.0},
+                        ],
+                    }
+                    for t in tokens
+                ]
+            }
+        choices.append(choice)
+    completion = sum(4 if i % 2 == 0 else 3 for i in range(n))
+    return {
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": 7,
+            "completion_tokens": completion,
+            "total_tokens": 7 + completion,
+        },
+    }
+
+
+class Upstream:
+    """A MockTransport handler that records requests and answers from a script."""
+
+    def __init__(self, answer: Callable[[httpx.Request, dict[str, Any]], Any] | None = None):
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.answer = answer
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else {}
+        self.requests.append((request.method, request.url.path, body))
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "up-model"}]})
+        if self.answer is not None:
+            result = self.answer(request, body)
+            if isinstance(result, httpx.Response):
+                return result
+            if isinstance(result, Exception):
+                raise result
+            return httpx.Response(200, json=result)
+        return httpx.Response(200, json=chat_reply(body["n"], logprobs=body.get("logprobs", False)))
+
+    @property
+    def posts(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(path, body) for method, path, body in self.requests if method == "POST"]
+
+
+def generator(upstream: Upstream, **settings: Any) -> UpstreamGenerator:
+    settings = {"upstream": "http://up.test/v1", **settings}
+    remote_defaults = {"upstream_retries": 2}
+    gen = UpstreamGenerator.from_settings(
+        Settings(**{**remote_defaults, **settings}), transport=httpx.MockTransport(upstream)
+    )
+    gen.remote.backoff_s = 0.001  # retries without the wait
+    return gen
+
+
+def run(gen: UpstreamGenerator, prompt: Prompt = CHAT, n: int = 4, **params: Any):
+    async def go():
+        try:
+            return await gen.generate(gen.prepare(prompt, SamplingParams(**params), n))
+        finally:
+            await gen.aclose()
+
+    return asyncio.run(go())
+
+
+def failing(gen: UpstreamGenerator, exc_type: type[Exception], **params: Any) -> Exception:
+    with pytest.raises(exc_type) as info:
+        run(gen, **params)
+    return info.value
+
+
+# ------------------------------------------------------------ 1. the request sent
+
+
+def test_one_upstream_call_with_n_best_of_and_the_sampling_params():
+    up = Upstream()
+    run(
+        up_gen := generator(up),
+        n=8,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens=64,
+        seed=3,
+        stop=("\n\n",),
+        presence_penalty=0.5,
+        logit_bias=((5, 1.0),),
+    )
+    assert up_gen.remote.attempts == 2  # the model discovery, then ONE generation call
+    (path, body) = up.posts[0]
+    assert path == "/v1/chat/completions"
+    assert body["model"] == "up-model"  # discovered from GET /v1/models
+    assert body["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    assert body["n"] == 8 and body["temperature"] == 0.7 and body["top_p"] == 0.9
+    assert body["max_tokens"] == 64 and body["seed"] == 3 and body["stop"] == ["\n\n"]
+    assert body["presence_penalty"] == 0.5 and body["logit_bias"] == {"5": 1.0}
+    assert body["return_token_ids"] is True
+    # vLLM's extras only when set: a plain OpenAI server would refuse them
+    for extra in ("top_k", "min_p", "repetition_penalty", "ignore_eos", "logprobs", "stream"):
+        assert extra not in body
+
+
+def test_vllm_extras_and_logprobs_are_sent_when_asked():
+    up = Upstream()
+    run(
+        generator(up, upstream_model="policy"),
+        top_k=5,
+        min_p=0.1,
+        repetition_penalty=1.1,
+        ignore_eos=True,
+        logprobs=2,
+    )
+    assert [m for m, *_ in up.requests] == ["POST"]  # a configured model needs no discovery
+    body = up.posts[0][1]
+    assert body["model"] == "policy"
+    assert (body["top_k"], body["min_p"], body["repetition_penalty"]) == (5, 0.1, 1.1)
+    assert body["ignore_eos"] is True
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+
+
+def test_text_and_token_prompts_go_to_completions():
+    def answer(request, body):
+        choice = {"index": 0, "text": "= 5", "finish_reason": "stop", "token_ids": [1, 2]}
+        if "logprobs" in body:
+            choice["logprobs"] = {
+                "tokens": ["=", " ", "5", "<|end|>"],
+                "token_logprobs": [-0.1, -0.2, -0.3, -0.4],
+                "top_logprobs": [
+                    {"=": -0.1, "-": -2.0},
+                    {" ": -0.2},
+                    {"5": -0.3},
+                    {"<|end|>": -0.4},
+                ],
+            }
+        return {
+            "choices": [dict(choice, index=i) for i in range(body["n"])],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2 * body["n"]},
+        }
+
+    up = Upstream(answer)
+    gen = generator(up, upstream_model="m")
+    text = run(gen, Prompt(text="What is 2 + 3?"), n=2, logprobs=1).candidates[0]
+    assert [(t.token, t.top) for t in text.logprobs[:2]] == [
+        ("=", (("=", -0.1),)),
+        (" ", ((" ", -0.2),)),
+    ]
+    assert len(text.logprobs) == 3 and text.cumulative_logprob == pytest.approx(-1.0)
+    gen = generator(up, upstream_model="m")
+    result = run(gen, Prompt(token_ids=(1, 2, 3)), n=2)
+    (p1, b1), (p2, b2) = up.posts
+    assert p1 == p2 == "/v1/completions"
+    assert b1["prompt"] == "What is 2 + 3?" and b1["logprobs"] == 1
+    assert b2["prompt"] == [1, 2, 3] and "logprobs" not in b2
+    assert result.prompt_tokens == 3
+
+
+def test_max_tokens_limit_and_bad_token_prompts_are_400_before_any_call():
+    up = Upstream()
+    gen = generator(up, max_tokens_limit=32)
+    with pytest.raises(InvalidRequestError, match="limit"):
+        gen.prepare(CHAT, SamplingParams(max_tokens=33), 2)
+    with pytest.raises(InvalidRequestError, match="empty"):
+        gen.prepare(Prompt(token_ids=()), SamplingParams(), 2)
+    with pytest.raises(InvalidRequestError, match="negative"):
+        gen.prepare(Prompt(token_ids=(1, -4)), SamplingParams(), 2)
+    # no max_tokens: the server's limit is asked for
+    assert gen.prepare(CHAT, SamplingParams(), 2).payload[1]["max_tokens"] == 32
+    assert up.requests == []
+
+
+# -------------------------------------------------------- 1. the reply mapped back
+
+
+def test_choices_become_candidates_as_in_process():
+    result = run(generator(Upstream()), n=4, logprobs=2)
+    assert result.prompt_tokens == 7
+    assert [c.finish_reason for c in result.candidates] == ["stop", "length", "stop", "length"]
+    first, second = result.candidates[:2]
+    assert first.token_ids == (10, 11, 12, 2)  # the EOS counts, as in-process
+    # the EOS is in the cumulative logprob (the logprob selector's mean) ...
+    assert first.cumulative_logprob == pytest.approx(-2.0)
+    assert first.mean_logprob == pytest.approx(-0.5)
+    # ... but not among the logprobs shown with the text
+    assert "".join(t.token for t in first.logprobs) == first.text == "= 5"
+    assert first.logprobs[0].top == (("=", -0.5), ("x", -9.0))
+    assert len(second.logprobs) == 3 and second.cumulative_logprob == pytest.approx(-3.0)
+
+
+def test_without_logprobs_there_is_no_cumulative_logprob():
+    result = run(generator(Upstream()), n=2)
+    assert all(c.logprobs is None and c.cumulative_logprob is None for c in result.candidates)
+    assert sum(len(c.token_ids) for c in result.candidates) == 7
+
+
+def test_a_server_refusing_return_token_ids_is_asked_again_without_it():
+    def answer(request, body):
+        if "return_token_ids" in body:
+            return httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": "Unrecognized request argument supplied: return_token_ids",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+        return chat_reply(body["n"], token_ids=False, logprobs=body.get("logprobs", False))
+
+    up = Upstream(answer)
+    gen = generator(up, upstream_model="gpt")
+    result = run(gen, n=3)
+    assert gen.ask_token_ids is False
+    assert ["return_token_ids" in b for _, b in up.posts] == [True, False]
+    # no ids and no logprobs: usage's total shared out, exact in sum
+    assert [len(c.token_ids) for c in result.candidates] == [4, 4, 3]
+    assert all(t == -1 for c in result.candidates for t in c.token_ids)
+    gen = generator(up, upstream_model="gpt")
+    gen.ask_token_ids = False
+    result = run(gen, n=2, logprobs=0)  # with logprobs, lengths are exact again
+    assert [len(c.token_ids) for c in result.candidates] == [4, 3]
+
+
+def test_a_short_or_malformed_reply_is_502():
+    up = Upstream(lambda request, body: chat_reply(body["n"] - 1))
+    assert failing(generator(up, upstream_model="m"), UpstreamError).status_code == 502
+    up = Upstream(lambda request, body: httpx.Response(200, text="<html>gateway</html>"))
+    assert failing(generator(up, upstream_model="m"), UpstreamError).status_code == 502
+    up = Upstream(
+        lambda request, body: {
+            "choices": [
+                {"index": i, "message": {"content": "x"}, "finish_reason": "abort"}
+                for i in range(body["n"])
+            ]
+        }
+    )
+    assert "abort" in failing(generator(up, upstream_model="m"), UpstreamError).message
+
+
+# --------------------------------------------------- 1. retries and error mapping
+
+
+def flaky(failures: list[Any]) -> Upstream:
+    """An upstream that fails with each of ``failures`` in turn, then answers."""
+
+    def answer(request, body):
+        if failures:
+            failure = failures.pop(0)
+            if isinstance(failure, int):
+                return httpx.Response(failure, json={"error": {"message": f"boom {failure}"}})
+            return failure
+        return chat_reply(body["n"])
+
+    return Upstream(answer)
+
+
+def test_connection_errors_and_5xx_are_retried_with_backoff():
+    up = flaky([httpx.ConnectError("refused"), 503, httpx.RemoteProtocolError("closed")])
+    gen = generator(up, upstream_model="m", upstream_retries=3)
+    result = run(gen, n=2)
+    assert len(result.candidates) == 2 and gen.remote.attempts == 4
+
+
+def test_retries_run_out_unreachable_is_503_failing_is_502():
+    up = flaky([httpx.ConnectError("refused")] * 3)
+    err = failing(generator(up, upstream_model="m"), ServiceUnavailableError)
+    assert err.status_code == 503 and "unreachable after 3 attempts" in err.message
+    assert err.headers["Retry-After"] == "1"
+    up = flaky([500, 502, 503])
+    err = failing(generator(up, upstream_model="m"), UpstreamError)
+    assert err.status_code == 502 and "boom 503" in err.message
+
+
+def test_backoff_grows_and_is_capped():
+    remote = RemoteServer("http://x", backoff_s=0.5)
+    waits = [[remote._backoff(a) for _ in range(50)] for a in (1, 2, 3, 10)]
+    assert all(0.25 <= w <= 0.75 for w in waits[0])
+    assert all(0.5 <= w <= 1.5 for w in waits[1])
+    assert all(1.0 <= w <= 3.0 for w in waits[2])
+    assert all(w <= 7.5 for w in waits[3])
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "headers"),
+    [
+        (
+            400,
+            {
+                "message": "This model's maximum context length is 512 tokens. However, your "
+                "prompt contains at least 513 input tokens.",
+                "type": "BadRequestError",
+                "param": "input_tokens",
+                "code": 400,
+            },
+            {},
+        ),
+        (401, {"message": "bad key", "type": "authentication_error"}, {}),
+        (404, {"message": "The model `m` does not exist.", "param": "model", "code": 404}, {}),
+        (422, {"message": "unprocessable"}, {}),
+        (429, {"message": "slow down", "code": "rate_limit_exceeded"}, {"retry-after": "7"}),
+    ],
+)
+def test_an_upstream_4xx_is_the_same_4xx_never_retried(status, error, headers):
+    up = Upstream(
+        lambda request, body: httpx.Response(status, json={"error": error}, headers=headers)
+    )
+    gen = generator(up, upstream_model="m")
+    exc = failing(gen, InvalidRequestError if status == 400 else RelayedError)
+    assert gen.remote.attempts == 1
+    assert exc.status_code == status and exc.message == error["message"]
+    assert exc.param == error.get("param")
+    body = exc.body()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    if status == 400:
+        assert body["code"] == "context_length_exceeded"
+        assert body["type"] == "invalid_request_error"
+    if status == 429:
+        assert exc.headers == {"Retry-After": "7"} and body["code"] == "rate_limit_exceeded"
+
+
+def test_a_read_timeout_is_504_and_not_retried():
+    up = flaky([httpx.ReadTimeout("slow")])
+    gen = generator(up, upstream_model="m")
+    assert failing(gen, DeadlineExceededError).status_code == 504
+    assert gen.remote.attempts == 1
+
+
+def test_a_silent_upstream_times_out_instead_of_hanging():
+    """A real socket that accepts and never answers: 504 after --upstream-timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        settings = Settings(
+            upstream=f"http://127.0.0.1:{port}/v1", upstream_model="m", upstream_timeout=0.5
+        )
+        gen = UpstreamGenerator.from_settings(settings)
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            run(gen, n=2)
+        assert time.monotonic() - start < 5
+
+
+def test_cancelling_generate_cancels_the_upstream_call():
+    started, released = threading.Event(), []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            released.append(request.url.path)
+            raise
+        return httpx.Response(200, json=chat_reply(4))
+
+    async def go():
+        gen = UpstreamGenerator(
+            RemoteServer("http://up.test/v1", transport=httpx.MockTransport(handler)),
+            model_name="x",
+            upstream_model="m",
+        )
+        task = asyncio.ensure_future(gen.generate(gen.prepare(CHAT, SamplingParams(), 16)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        assert gen.num_unfinished() == 16
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert gen.num_unfinished() == 0
+        await gen.aclose()
+
+    asyncio.run(go())
+    assert released == ["/v1/chat/completions"]
+
+
+def test_health_follows_the_upstream_and_its_model():
+    async def go(gen: UpstreamGenerator):
+        try:
+            await gen.check_health()
+        finally:
+            await gen.aclose()
+
+    asyncio.run(go(generator(Upstream())))  # lists up-model: healthy
+    with pytest.raises(UpstreamError, match="does not serve model 'other'"):
+        asyncio.run(go(generator(Upstream(), upstream_model="other")))
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    with pytest.raises(ServiceUnavailableError):
+        asyncio.run(go(UpstreamGenerator.from_settings(Settings(upstream=dead))))
+
+
+def test_build_generator_picks_the_upstream_without_loading_an_engine():
+    gen = build_generator(Settings(upstream="http://up.test/v1", upstream_api_key="k"))
+    assert isinstance(gen, UpstreamGenerator)
+    assert gen.remote.client.headers["authorization"] == "Bearer k"
+    asyncio.run(gen.aclose())
+
+
+# ------------------------------------------- 1. the HTTP surface, mock upstream
+
+
+def test_the_app_maps_upstream_failures_to_openai_errors():
+    answers = iter(
+        [
+            httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": "Token id 99999 is out of vocabulary",
+                        "type": "BadRequestError",
+                        "param": None,
+                        "code": 400,
+                    }
+                },
+            ),
+            httpx.ConnectError("refused"),
+            httpx.ConnectError("refused"),
+            httpx.ConnectError("refused"),
+        ]
+    )
+    up = Upstream(lambda request, body: next(answers))
+    app = create_app(Settings(), generator=generator(up, upstream_model="m"))
+    with TestClient(app) as client:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 2}
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == "Token id 99999 is out of vocabulary"
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "service_unavailable"
+
+
+# ------------------------------------------------ 2. a dead upstream, real server
+
+
+@pytest.fixture(scope="module")
+def dead_upstream_server(pytestconfig: pytest.Config) -> Iterator[BonProcess]:
+    log = workdir(pytestconfig) / "bon-dead-upstream.log"
+    proc = BonProcess(
+        [
+            "--upstream",
+            f"http://127.0.0.1:{closed_port()}/v1",
+            "--upstream-retries",
+            "2",
+            "--keepalive-interval-s",
+            "0.05",
+        ],
+        log,
+    )
+    try:
+        proc.wait_up()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_a_dead_upstream_is_a_fast_openai_shaped_503(dead_upstream_server):
+    url = dead_upstream_server.base_url
+    requests = [
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 4},
+        ),
+        ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"], "n": 2}),
+    ]
+    for path, body in requests:
+        start = time.monotonic()
+        r = httpx.post(url + path, json=body, timeout=30)
+        assert time.monotonic() - start < 5, "a dead upstream must not hang a request"
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "service_unavailable" and "unreachable" in error["message"]
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 503
+    assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    assert 'bon_requests_total{endpoint="chat",status="503"} 1.0' in text
+    assert 'status="500"' not in text
+
+
+def test_a_dead_upstream_ends_a_stream_with_an_error_event(dead_upstream_server):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "stream": True}
+    start = time.monotonic()
+    with httpx.stream(
+        "POST", f"{dead_upstream_server.base_url}/v1/chat/completions", json=body, timeout=30
+    ) as r:
+        data = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert time.monotonic() - start < 5
+    assert data[-1] == "data: [DONE]"
+    error = json.loads(data[-2][len("data: ") :])["error"]
+    assert error["type"] == "service_unavailable"
+
+
+# ------------------------------------------------------------ 3. real vLLM servers
+
+
+@pytest.fixture(scope="module")
+def upstreams(pytestconfig) -> dict[str, VLLMServer]:
+    return vllm_servers(pytestconfig)
+
+
+def _bon(args: list[str], name: str, config: pytest.Config) -> Iterator[BonProcess]:
+    proc = BonProcess(
+        [*args, "--keepalive-interval-s", "0.05", "--max-best-of", "64"],
+        workdir(config) / f"bon-{name}.log",
+    )
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(upstreams, pytestconfig) -> Iterator[BonProcess]:
+    """bon-server over the policy server, scoring with the remote ORM (names discovered)."""
+    orm = upstreams["orm"]
+    yield from _bon(
+        [
+            "--upstream",
+            upstreams["policy"].base_url,
+            "--verifier",
+            str(orm.model),
+            "--verifier-url",
+            orm.root,
+        ],
+        "proxy-orm",
+        pytestconfig,
+    )
+
+
+@pytest.fixture(scope="module")
+def proxy_prm(upstreams, pytestconfig) -> Iterator[BonProcess]:
+    prm = upstreams["prm"]
+    yield from _bon(
+        [
+            "--upstream",
+            upstreams["policy"].base_url,
+            "--upstream-model",
+            MODEL,
+            "--verifier",
+            str(prm.model),
+            "--verifier-kind",
+            "prm",
+            "--verifier-url",
+            prm.base_url,
+            "--verifier-model",
+            "prm",
+        ],
+        "proxy-prm",
+        pytestconfig,
+    )
+
+
+@pytest.fixture(scope="module")
+def client(proxy) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def chat(client, content=Q, **kwargs):
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
+    )
+
+
+def rendered(question: str) -> str:
+    return f"<|bos|><|user|>{question}<|end|><|assistant|>"
+
+
+def as_prompt(content: str = Q) -> Prompt:
+    return Prompt(messages=(Message("user", content),))
+
+
+def candidates_of(bon: dict[str, Any]):
+    from bon_server.types import Candidate
+
+    return [Candidate(c["text"], (0,), None, c["finish_reason"]) for c in bon["candidates"]]
+
+
+@pytest.mark.engine
+def test_proxy_chat_selects_with_the_remote_orm(client, upstreams):
+    r = chat(
+        client,
+        n=3,
+        seed=7,
+        max_tokens=128,
+        extra_body={"best_of": 8, "selector": "verifier", "return_candidates": True},
+    )
+    bon = r.bon
+    assert r.model == MODEL and len(r.choices) == 3 and bon["best_of"] == 8
+    assert bon["selector"] == "verifier" and len(bon["candidates"]) == 8
+    ranked = sorted(range(8), key=lambda i: (-bon["scores"][i], i))
+    assert bon["chosen"] == ranked[:3]
+    for rank, choice in enumerate(r.choices):
+        assert choice.message.content == bon["candidates"][bon["chosen"][rank]]["text"]
+    assert r.choices[0].message.content.strip().splitlines()[-1].startswith("The answer is")
+    # usage is the cost of ALL candidates, counted by the upstream's token ids
+    assert r.usage.completion_tokens == sum(c["completion_tokens"] for c in bon["candidates"])
+    assert r.usage.prompt_tokens == len(Q) + 4  # <|bos|><|user|>...<|end|><|assistant|>
+
+
+@pytest.mark.engine
+def test_remote_orm_scores_equal_the_in_process_orm(client, upstreams):
+    from bon_server.scorers.orm import ORMScorer
+
+    r = chat(
+        client,
+        seed=11,
+        max_tokens=96,
+        extra_body={"best_of": 6, "selector": "verifier", "return_candidates": True},
+    )
+    local = ORMScorer.from_pretrained(str(upstreams["orm"].model), device="cpu")
+    expected = asyncio.run(local.score(as_prompt(), candidates_of(r.bon)))
+    assert r.bon["verifier_scores"] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.engine
+def test_proxy_with_the_remote_prm(proxy_prm, upstreams):
+    from bon_server.scorers.prm import PRMScorer
+
+    with openai.OpenAI(base_url=f"{proxy_prm.base_url}/v1", api_key="u", max_retries=0) as c:
+        r = chat(
+            c,
+            seed=5,
+            max_tokens=128,
+            extra_body={
+                "best_of": 6,
+                "selector": "verifier",
+                "prm_aggregation": "prod",
+                "return_candidates": True,
+            },
+        )
+    assert r.bon["prm_aggregation"] == "prod"
+    local = PRMScorer.from_pretrained(str(upstreams["prm"].model), device="cpu")
+    expected = asyncio.run(local.score(as_prompt(), candidates_of(r.bon), "prod"))
+    assert r.bon["verifier_scores"] == pytest.approx(expected, abs=1e-4)
+    assert any(s > 0 for s in r.bon["verifier_scores"])
+
+
+@pytest.mark.engine
+def test_proxy_logprob_selector_needs_and_gets_upstream_logprobs(client):
+    r = chat(
+        client,
+        seed=5,
+        max_tokens=64,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"best_of": 4, "selector": "logprob"},
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 for t in content)
+    assert r.choices[0].score < 0 and r.choices[0].score == max(r.bon["scores"])
+    # asked by the selector only: not returned
+    r = chat(client, seed=5, max_tokens=64, extra_body={"best_of": 4, "selector": "logprob"})
+    assert r.choices[0].logprobs is None and r.choices[0].score < 0
+
+
+@pytest.mark.engine
+def test_proxy_completions_text_tokens_and_batches(client):
+    r = client.completions.create(
+        model=MODEL, prompt=rendered(Q), max_tokens=96, best_of=4, n=2, seed=2, logprobs=1
+    )
+    assert r.object == "text_completion" and [c.index for c in r.choices] == [0, 1]
+    assert all(c.text for c in r.choices) and r.bon["best_of"] == 4
+    assert r.choices[0].logprobs.tokens and len(r.choices[0].logprobs.top_logprobs[0]) == 1
+    r = client.completions.create(
+        model=MODEL,
+        prompt=[[1, 6, 57], [1, 6, 58]],
+        max_tokens=8,
+        n=2,
+        seed=4,
+        extra_body={"best_of": 2},
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2, 3] and len(r.bon) == 2
+    assert r.usage.prompt_tokens == 6
+
+
+@pytest.mark.engine
+def test_proxy_majority_and_seeds(client):
+    kwargs = dict(
+        seed=1234,
+        max_tokens=128,
+        extra_body={"best_of": 8, "selector": "majority", "return_candidates": True},
+    )
+    a, b = chat(client, **kwargs), chat(client, **kwargs)
+    assert [c["text"] for c in a.bon["candidates"]] == [c["text"] for c in b.bon["candidates"]]
+    answers = [c["answer"] for c in a.bon["candidates"]]
+    counted = [x for x in answers if x is not None]
+    assert a.choices[0].score == pytest.approx(
+        counted.count(max(set(counted), key=counted.count)) / len(answers)
+    )
+
+
+@pytest.mark.engine
+def test_proxy_streaming(client):
+    kwargs = dict(seed=21, max_tokens=128, extra_body={"best_of": 4})
+    full = chat(client, **kwargs)
+    chunks = list(chat(client, stream=True, stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+@pytest.mark.engine
+def test_proxy_passes_upstream_400s_through(client, proxy):
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, "1 + " * 400)
+    assert info.value.body["code"] == "context_length_exceeded"
+    assert "maximum context length is 512" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:  # bon cannot know the vocabulary
+        client.completions.create(model=MODEL, prompt=[99999], max_tokens=4)
+    assert "99999" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, max_tokens=100_000)
+    assert info.value.body["param"] == "max_tokens"
+    # and bon's own checks still come first
+    with pytest.raises(openai.BadRequestError) as info:
+        chat(client, n=3, extra_body={"best_of": 2})
+    assert info.value.body["param"] == "best_of"
+    assert 'status="500"' not in httpx.get(f"{proxy.base_url}/metrics").text
+
+
+@pytest.mark.engine
+def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
+    policy = upstreams["policy"]
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": Q}],
+            "best_of": 32,
+            "max_tokens": 460,
+            "ignore_eos": True,
+        }
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    try:
+        assert _wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 32)
+        assert _wait_for(lambda: policy.metric("vllm:num_requests_running") > 0)
+    finally:
+        sock.close()
+    assert _wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
+    assert _wait_for(lambda: policy.metric("vllm:num_requests_running") == 0, 30)
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.engine
+def test_killing_the_upstream_turns_health_and_requests_into_503(proxy, upstreams, client):
+    """Last in this module: it stops the policy server (a later user starts a new one)."""
+    assert httpx.get(f"{proxy.base_url}/health").status_code == 200
+    upstreams["policy"].stop()
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        chat(client, max_tokens=8)
+    assert time.monotonic() - start < 10
+    assert info.value.status_code == 503
+    assert info.value.body["type"] == "service_unavailable"
+    assert httpx.get(f"{proxy.base_url}/health").status_code == 503
