@@ -14,6 +14,7 @@ from verifier_training.tasks.arith import (
     reference_solution,
     sample_problem,
     sample_problems,
+    step_arithmetic_ok,
 )
 
 EXAMPLE = Problem((17, 4, 23, 9), ("+", "*", "-"))
@@ -126,3 +127,16 @@ def test_parse_question_round_trip():
     assert parse_question("What is the meaning of life?") is None
     assert parse_question("What is 2 +?") is None
     assert parse_question("2 + 3") is None
+
+
+def test_step_arithmetic_ok_checks_each_operation_alone():
+    for p in sample_problems(200, 3):
+        lines = reference_solution(p).split("\n")
+        assert all(step_arithmetic_ok(line) for line in lines[:-1])
+        assert step_arithmetic_ok(lines[-1]) is None  # "The answer is N." is another shape
+    assert step_arithmetic_ok("19 * 13 = 247") is True
+    assert step_arithmetic_ok("29 - 8 = 19") is False
+    assert step_arithmetic_ok("2 - 30 = -28") is True
+    assert step_arithmetic_ok("-28 + 5 = -23") is True
+    assert step_arithmetic_ok("11 * 13 = 143") is True  # operands are not checked
+    assert step_arithmetic_ok("= 17 + 92") is None

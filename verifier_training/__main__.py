@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-orm": ("verifier_training.train_orm", "train an outcome reward model on records"),
     "train-prm": ("verifier_training.train_prm", "train a process reward model on step labels"),
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
+    "ceilings": ("verifier_training.ceilings", "Best-of-N ceilings: exact step checker, policy"),
     "export": ("verifier_training.export", "RSFT, DPO, ORM and PRM data sets from records"),
     "pipeline": ("verifier_training.run_pipeline", "sample -> label -> train ORM/PRM -> evaluate"),
 }

@@ -8,10 +8,13 @@ mean one thing.
 Reference solution format (one operation per step, ``*`` first, then ``+``/``-``, each
 left to right; the final line names the answer)::
 
-    = 17 + 92 - 9
-    = 109 - 9
-    = 100
+    4 * 23 = 92
+    17 + 92 = 109
+    109 - 9 = 100
     The answer is 100.
+
+``step_arithmetic_ok`` checks one ``a op b = c`` line on its own: an exact (but partial)
+step checker, used to measure what a perfect arithmetic verifier would be worth.
 """
 
 from __future__ import annotations
@@ -109,6 +112,23 @@ def sample_problems(n: int, seed: int) -> list[Problem]:
     """``n`` problems from their own ``random.Random(seed)`` stream."""
     rng = random.Random(seed)
     return [sample_problem(rng) for _ in range(n)]
+
+
+_STEP = re.compile(r"^\s*(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\s*$")
+
+
+def step_arithmetic_ok(step: str) -> bool | None:
+    """Is ``a op b = c`` arithmetically right? None for a line of another shape.
+
+    It does not check that ``a`` and ``b`` are the right operands (whether the step follows
+    the expression); on this policy's samples nearly every wrong answer has a line where
+    this returns False.
+    """
+    match = _STEP.match(step)
+    if not match:
+        return None
+    a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+    return (a * b if op == "*" else a + b if op == "+" else a - b) == c
 
 
 _QUESTION = re.compile(r"^\s*What is (\d+(?:\s*[-+*]\s*\d+)*)\s*\?\s*$")

@@ -1,0 +1,162 @@
+"""What a verifier could be worth on these samples: Best-of-N with scorers that need no training.
+
+    python -m verifier_training ceilings --records runs/arith/eval_samples.jsonl
+
+A trained ORM or PRM is judged against these, on the same held-out candidates and the same
+subset draws as ``evaluate``:
+
+    majority               most frequent answer (the server's default without a verifier)
+    exact_step_checker     argmax of "every ``a op b = c`` line is arithmetically right"
+                           (``tasks.arith.step_arithmetic_ok``): a perfect arithmetic PRM
+    weighted_majority_exact  answer with the most candidates that pass the checker
+    policy_mean_logprob    argmax of the policy's mean token log-probability (what the
+                           server's ``logprob`` selector does)
+    policy_greedy_steps    argmax of "every result the candidate wrote is the policy's own
+                           greedy choice", ties broken by mean log-probability: the policy
+                           checking its arithmetic against itself
+    oracle                 some candidate is correct (pass@N)
+
+The exact checker is an upper bound for a step verifier; the policy rows show how much the
+policy's own knowledge can tell right from wrong. A learned verifier that beats the policy
+rows has learned arithmetic the policy does not know.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from bon_server.scorers.steps import split_steps
+from bon_server.selectors import SelectorInput, majority, verifier, weighted_majority
+from verifier_training.evaluate import best_of_n, gap_closed, powers_of_two, table
+from verifier_training.records import SampleRecord, read_samples, write_json
+from verifier_training.tasks.arith import step_arithmetic_ok
+
+DEFAULT_POLICY = "bon_server/embedded/arith-policy"
+
+
+def policy_token_stats(
+    policy: str, pairs: Sequence[tuple[str, str]], batch_size: int
+) -> dict[tuple[str, str], list[tuple[float, bool]]]:
+    """(question, completion) -> per completion character: (log-probability, is greedy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                                     tokenize=False, add_generation_prompt=True)
+                       for q, _ in chunk]
+            p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in chunk]
+            rows = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
+            ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.tensor(r)
+            logits = model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
+            logp = torch.log_softmax(logits, dim=-1)
+            greedy = logits.argmax(dim=-1)
+            for i, key in enumerate(chunk):
+                p, n = len(p_ids[i]), len(c_ids[i])
+                at = torch.arange(p - 1, p + n - 1)
+                nxt = ids[i, p : p + n]
+                lp = logp[i, at, nxt].tolist()
+                ok = (greedy[i, at] == nxt).tolist()
+                out[key] = list(zip(lp, ok, strict=True))
+    return out
+
+
+def greedy_steps_ok(completion: str, stats: Sequence[tuple[float, bool]]) -> bool:
+    """Every result (the text after ``= ``) of every step is the policy's greedy choice.
+
+    Needs one token per character (the arithmetic policy's tokenizer)."""
+    pos, ok = 0, True
+    for line in completion.split("\n"):
+        if "= " in line:
+            start = pos + line.index("= ") + 2
+            ok = ok and all(g for _, g in stats[start : pos + len(line)])
+        pos += len(line) + 1
+    return ok
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m verifier_training ceilings",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", required=True, help="held-out SampleRecords JSONL (K per problem)")
+    p.add_argument("--policy", default=DEFAULT_POLICY, help="the policy that wrote the records")
+    p.add_argument("--out", default=None, help="write the curve as JSON here")
+    p.add_argument("--subsets", type=int, default=32, help="random N-subsets per problem and N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset draws")
+    p.add_argument("--batch-size", type=int, default=128, help="policy forward batch size")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    records: list[SampleRecord] = read_samples(args.records)
+    keys = list(dict.fromkeys((r.question, r.completion) for r in records))
+    stats = policy_token_stats(args.policy, keys, args.batch_size)
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        s = stats[(r.question, r.completion)]
+        mean_lp = sum(lp for lp, _ in s) / max(1, len(s))
+        checks = [step_arithmetic_ok(step) for step in split_steps(r.completion)]
+        groups.setdefault(r.problem_id, []).append({
+            "answer": r.answer, "correct": r.correct, "mean_lp": mean_lp,
+            "exact": float(all(c is not False for c in checks)),
+            "greedy": float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
+        })
+
+    def pick(select: Any, key: str | None):
+        def run(cands: Sequence[dict[str, Any]]) -> float:
+            scores = [c[key] for c in cands] if key else None
+            inp = SelectorInput(candidates=(), answers=[c["answer"] for c in cands],
+                                verifier_scores=scores)
+            return float(cands[select(inp).order[0]]["correct"])
+        return run
+
+    methods = {
+        "pass@1": lambda cands: sum(c["correct"] for c in cands) / len(cands),
+        "majority": pick(majority, None),
+        "exact_step_checker": pick(verifier, "exact"),
+        "weighted_majority_exact": pick(weighted_majority, "exact"),
+        "policy_mean_logprob": pick(verifier, "mean_lp"),
+        "policy_greedy_steps": pick(verifier, "greedy"),
+        "oracle": lambda cands: float(any(c["correct"] for c in cands)),
+    }
+    k = min(len(g) for g in groups.values())
+    ns = powers_of_two(k)
+    curve = best_of_n(list(groups.values()), methods, ns, args.subsets, args.seed)
+    print(table(curve, ns))
+    n16 = 16 if 16 in ns else ns[-1]
+    gaps = {m: gap_closed(curve, m, n16) for m in methods if m not in ("pass@1", "oracle")}
+    print(f"gap closed at N={n16}: " + "  ".join(f"{m} {g:.2f}" for m, g in gaps.items()
+                                                 if g is not None))
+    if args.out:
+        write_json(args.out, {
+            "records": args.records, "policy": args.policy, "problems": len(groups), "k": k,
+            "curve": {m: {str(n): round(a, 5) for n, (a, _) in by_n.items()}
+                      for m, by_n in curve.items()},
+            "gap_closed": {m: None if g is None else round(g, 4) for m, g in gaps.items()},
+        })
+    print(f"done in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
