@@ -25,15 +25,22 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class RequestModel(OpenAIModel):
+    """Strict types, as OpenAI checks them: ``"temperature": "1"`` or ``"logprobs": false``
+    on /v1/completions is a 400, not silently coerced."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
 # ---------------------------------------------------------------- requests
 
 
-class TextPart(OpenAIModel):
+class TextPart(RequestModel):
     type: str
     text: str | None = None
 
 
-class ChatMessage(OpenAIModel):
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -58,11 +65,11 @@ class ChatMessage(OpenAIModel):
         return "".join(pieces)
 
 
-class StreamOptions(OpenAIModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class ResponseFormat(OpenAIModel):
+class ResponseFormat(RequestModel):
     type: str = "text"
 
 
@@ -73,7 +80,7 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Count = Annotated[int, Field(ge=1, le=128)]
 
 
-class _Common(OpenAIModel):
+class _Common(RequestModel):
     """Fields shared by chat and completions requests."""
 
     model: str | None = None

@@ -47,6 +47,17 @@ T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503, 504)
 }
+# 200 is JSON, or server-sent events with `stream: true`: each event's data is a JSON chunk,
+# an error object, or [DONE]
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+}
+WORK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
+}
 READ_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 404)
 }
@@ -169,7 +180,9 @@ def _limits(request: Request) -> tuple[int, int]:
     return settings.max_messages, settings.max_message_chars
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+@router.post(
+    "/v1/chat/completions", response_model=ChatCompletionResponse, responses=WORK_RESPONSES
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     model = _check_model(request, body.model)
     body.check_size(*_limits(request))
@@ -198,7 +211,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
+@router.post("/v1/completions", response_model=CompletionResponse, responses=WORK_RESPONSES)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     model = _check_model(request, body.model)
     body.check_size(*_limits(request))
