@@ -100,7 +100,10 @@ class WorkGate:
         self._waiters.append(entry)
         m.admission_queued.inc()
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.admission_timeout)
+            # not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives just as the
+            # grant does, and the caller, believing itself cancelled, would never release
+            async with asyncio.timeout(self.admission_timeout):
+                await asyncio.shield(future)
         except TimeoutError:
             if self._withdraw(entry):
                 self._reject()

@@ -110,9 +110,20 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 async def _admit(request: Request, gate: WorkGate, cost: int) -> Ticket:
     ticket = gate.try_admit(cost)  # the common case: room now, no tasks spawned
-    if ticket is None:
-        ticket = await _until_disconnect(request, gate.admit(cost))
-    return ticket
+    if ticket is not None:
+        return ticket
+    admit = asyncio.ensure_future(gate.admit(cost))
+    try:
+        return await _until_disconnect(request, admit)
+    except BaseException:
+        # the client left (or shutdown) just as the grant came: nobody will use that ticket
+        admit.add_done_callback(_release_unclaimed)
+        raise
+
+
+def _release_unclaimed(task: asyncio.Task[Ticket]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().release()
 
 
 async def _serve(

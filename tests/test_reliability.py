@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import signal
 import socket
 import threading
@@ -363,6 +364,52 @@ def test_gate_cancelled_or_timed_out_waiters_leave_the_queue():
             await gate.admit(5)
 
     scenario(run)
+
+
+def test_gate_grant_and_cancel_in_the_same_tick_leaks_nothing():
+    """Found by the soak: a queued client that leaves just as it is granted. (asyncio.wait_for
+    on 3.11 returned the grant to a caller that had been cancelled.)"""
+
+    async def run():
+        gate = WorkGate(max_sequences=4, admission_timeout=5)
+        held = await gate.admit(4)
+        waiter = asyncio.ensure_future(gate.admit(4))
+        await asyncio.sleep(0.01)
+        held.release()  # grants the waiter...
+        waiter.cancel()  # ...whose client leaves before it runs again
+        [outcome] = await asyncio.gather(waiter, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)
+        assert gate.in_use == 0 and not gate._waiters
+
+    scenario(run)
+
+
+def test_queued_clients_that_leave_release_their_place():
+    metrics = Metrics()
+    gen = ScriptedGenerator(TEXTS, delay_s=0.05)
+    app = app_with(
+        gen, metrics=metrics, max_sequences_in_flight=8, max_best_of=8, admission_timeout=5
+    )
+
+    async def run():
+        async with running(app) as c:
+            rng = random.Random(0)
+            posts = []
+            for _ in range(60):
+                posts.append(
+                    asyncio.ensure_future(
+                        c.post("/v1/chat/completions", json=chat_body(best_of=rng.choice([2, 8])))
+                    )
+                )
+                await asyncio.sleep(rng.uniform(0, 0.01))
+                if rng.random() < 0.4:
+                    posts[rng.randrange(len(posts))].cancel()
+            await asyncio.gather(*posts, return_exceptions=True)
+            await wait_until(lambda: sample(metrics, "bon_requests_in_flight") == 0)
+
+    scenario(run)
+    assert sample(metrics, "bon_sequences_in_flight") == 0
+    assert sample(metrics, "bon_admission_queue_length") == 0
 
 
 def test_gate_deadline_cancels_the_work_and_releases():
