@@ -139,3 +139,56 @@ def test_env_vars_fill_in_for_missing_flags(monkeypatch, capsys):
         main(["serve", "--default-best-of", "3"])
     assert info.value.code == 2
     assert "exceeds max_best_of (2)" in capsys.readouterr().err
+
+
+def test_api_key_is_repeatable():
+    args = parse("--api-key", "sk-a", "--api-key", "sk-b")
+    assert args == {"api_keys": ["sk-a", "sk-b"]}
+    assert Settings(**args).api_keys == ("sk-a", "sk-b")
+    action = serve_action(build_parser(), "--api-key")
+    assert "--api-keys" in action.option_strings
+    assert "BON_API_KEYS" in action.help
+
+
+def test_api_keys_from_env_are_comma_separated(monkeypatch):
+    monkeypatch.setenv("BON_API_KEYS", "sk-a,sk-b")
+    monkeypatch.setenv("BON_ANSWER_RULES", "boxed,last_number")
+    settings = Settings(**parse())
+    assert settings.api_keys == ("sk-a", "sk-b")
+    assert settings.answer_rules == ("boxed", "last_number")
+
+
+def test_reliability_flags():
+    args = parse(
+        "--request-timeout",
+        "30",
+        "--shutdown-timeout",
+        "5",
+        "--max-sequences-in-flight",
+        "256",
+        "--admission-timeout",
+        "2.5",
+        "--max-request-bytes",
+        "65536",
+        "--metrics-require-key",
+        "--log-content",
+    )
+    s = Settings(**args)
+    assert (s.request_timeout, s.shutdown_timeout, s.admission_timeout) == (30, 5, 2.5)
+    assert s.max_sequences_in_flight == 256 and s.max_request_bytes == 65536
+    assert s.metrics_require_key and s.log_content
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--max-sequences-in-flight", "8"], "could never be admitted"),
+        (["--request-timeout", "0"], "request_timeout"),
+        (["--max-request-bytes", "10"], "max_request_bytes"),
+    ],
+)
+def test_invalid_reliability_settings_exit_2(capsys, argv, needle):
+    with pytest.raises(SystemExit) as info:
+        main(["serve", *argv])
+    assert info.value.code == 2
+    assert needle in capsys.readouterr().err
