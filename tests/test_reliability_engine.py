@@ -1,0 +1,183 @@
+"""Reliability on the real engine: keys with the openai SDK, deadlines and admission that
+abort every candidate in vLLM, the access log, and a SIGTERM drain of a live process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from asgi_app import MESSAGES, openai_error
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.engine
+
+
+ENGINE_KEY = "sk-engine-test"
+LONG = {"best_of": 64, "max_tokens": 460, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory) -> ServerProcess:
+    log_path = tmp_path_factory.mktemp("logs") / "guarded.log"
+    proc = ServerProcess(
+        [
+            "--api-key",
+            ENGINE_KEY,
+            "--api-key",
+            "sk-other",
+            "--request-timeout",
+            "1.5",
+            "--max-sequences-in-flight",
+            "64",
+        ],
+        log_path,
+    )
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def engine_chat(base_url: str, key: str | None = ENGINE_KEY, **body) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {
+        "model": "arith-policy",
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+        **body,
+    }
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+def wait_metric(server: ServerProcess, name: str, predicate, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate(server.metric(name)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_engine_keys_with_the_openai_sdk(guarded):
+    import openai
+
+    with openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key="sk-wrong", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError) as info:
+            c.models.list()
+        assert info.value.status_code == 401 and info.value.code == "invalid_api_key"
+    openai_error(engine_chat(guarded.base_url, key=None), 401)
+    for key in (ENGINE_KEY, "sk-other"):
+        with openai.OpenAI(base_url=f"{guarded.base_url}/v1", api_key=key, max_retries=0) as c:
+            r = c.chat.completions.create(
+                model="arith-policy", messages=MESSAGES, max_tokens=32, extra_body={"best_of": 2}
+            )
+            assert r.choices[0].message.content
+    assert httpx.get(f"{guarded.base_url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_engine_deadline_aborts_every_candidate(guarded, stream):
+    before = guarded.metric("bon_request_timeouts_total")
+    r = engine_chat(guarded.base_url, stream=stream, **LONG)
+    if stream:
+        events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
+        assert r.status_code == 200 and events[-1] == "data: [DONE]"
+        assert json.loads(events[0][6:])["error"]["code"] == "request_timeout"
+    else:
+        assert openai_error(r, 504)["code"] == "request_timeout"
+    assert guarded.metric("bon_request_timeouts_total") == before + 1
+    assert wait_metric(guarded, "bon_engine_unfinished_requests", lambda v: v == 0)
+    assert guarded.metric("bon_requests_in_flight") == 0
+    assert guarded.metric("bon_sequences_in_flight") == 0
+
+
+def test_engine_admission_429_while_full(guarded):
+    body = json.dumps({"model": "arith-policy", "messages": MESSAGES, **LONG}).encode()
+    sock = socket.create_connection(("127.0.0.1", guarded.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+        + ENGINE_KEY.encode()
+        + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    try:
+        assert wait_metric(guarded, "bon_sequences_in_flight", lambda v: v == 64)
+        r = engine_chat(guarded.base_url, best_of=1, max_tokens=8)
+        assert openai_error(r, 429)["code"] == "server_busy"
+        assert int(r.headers["retry-after"]) >= 1
+    finally:
+        sock.close()
+    assert wait_metric(guarded, "bon_sequences_in_flight", lambda v: v == 0)
+    assert wait_metric(guarded, "bon_engine_unfinished_requests", lambda v: v == 0)
+    assert engine_chat(guarded.base_url, best_of=4, max_tokens=16).status_code == 200
+
+
+def test_engine_access_log_has_the_request_id_and_no_text(guarded):
+    r = engine_chat(guarded.base_url, best_of=4, max_tokens=32, seed=1)
+    assert r.status_code == 200
+    request_id = "engine-log-test-1"
+    r = httpx.post(
+        f"{guarded.base_url}/v1/chat/completions",
+        json={"messages": MESSAGES, "best_of": 4, "max_tokens": 32},
+        headers={"Authorization": f"Bearer {ENGINE_KEY}", "X-Request-Id": request_id},
+        timeout=60,
+    )
+    assert r.headers["x-request-id"] == request_id
+    answer = r.json()["choices"][0]["message"]["content"]
+    time.sleep(0.2)
+    log = guarded.log_path.read_text()
+    [line] = [json.loads(x) for x in log.splitlines() if f'"id":"{request_id}"' in x]
+    assert line["status"] == 200 and line["best_of"] == 4
+    assert line["completion_tokens"] == r.json()["usage"]["completion_tokens"]
+    assert "What is 2 + 3?" not in log and answer.strip() not in log
+
+
+def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
+    """SIGTERM with --shutdown-timeout 3: a request that ends within it completes; two that
+    cannot get a 503 (one streamed: an error event then [DONE]); the process exits promptly.
+    Fewer sequences than the engine schedules at once (128 on CPU), so none waits in vLLM."""
+    proc = ServerProcess(["--shutdown-timeout", "3"], tmp_path / "sigterm.log")
+    try:
+        proc.wait_ready()
+        url = f"{proc.base_url}/v1/chat/completions"
+        results: dict[str, httpx.Response] = {}
+
+        def post(name: str, **body) -> None:
+            body = {"messages": MESSAGES, **body}
+            results[name] = httpx.post(url, json=body, timeout=120)
+
+        threads = [
+            threading.Thread(target=post, args=("long",), kwargs=LONG),
+            threading.Thread(
+                target=post, args=("stream",), kwargs={**LONG, "best_of": 32, "stream": True}
+            ),
+        ]
+        for t in threads:
+            t.start()
+        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 96)
+        short = threading.Thread(
+            target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
+        )
+        short.start()
+        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 100)
+        start = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        for t in [*threads, short]:
+            t.join(timeout=60)
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert proc.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        took = time.monotonic() - start
+        assert results["short"].status_code == 200
+        assert openai_error(results["long"], 503)["code"] == "draining"
+        stream = results["stream"].text
+        assert '"code":"draining"' in stream and stream.endswith("data: [DONE]\n\n")
+        assert took < 3 + 20, took  # the grace period, then the engine's own shutdown
+        log = proc.tail(200)
+        assert "aborting 2 request(s) past the shutdown timeout" in log
+    finally:
+        proc.stop()
