@@ -11,6 +11,7 @@ from bon_server.generators.fake import ScriptedGenerator
 from verifier_training.labels import (
     GeneratorRollout,
     choose_subset,
+    exact_labels,
     label_candidate,
     label_records,
     prefix_text,
@@ -122,3 +123,18 @@ def test_choose_subset_is_seeded_and_keeps_file_order() -> None:
     assert a == choose_subset(recs, 5, seed=1)
     assert [r.sample_index for r in a] == sorted(r.sample_index for r in a)
     assert len(a) == 5 and choose_subset(recs, None, 0) == recs
+
+
+def test_exact_labels_are_good_until_the_first_wrong_operation() -> None:
+    wrong = record("4 * 23 = 92\n17 + 92 = 108\n108 - 9 = 99\nThe answer is 99.", i=0)
+    right = record("3 * 4 = 12\n2 + 12 = 14\nThe answer is 14.", correct=True, i=1)
+    odd = record("3 * 4 = 12\nsomething else\nThe answer is 15.", i=2)  # no arithmetic error
+    empty = record("", i=3)
+    labels = exact_labels([wrong, right, odd, empty])
+    assert [lab.sample_index for lab in labels] == [0, 1, 2]  # nothing to label in ""
+    assert labels[0].hard_labels() == [True, False, False, False]
+    assert labels[0].first_error() == 1
+    assert labels[1].hard_labels() == [True, True, True]
+    assert labels[2].hard_labels() == [True, True, False]  # only the outcome says it is wrong
+    assert all(lab.labeller == "exact" and lab.rollouts == 1 for lab in labels)
+    assert labels[1].soft_labels() == [1.0, 1.0, 1.0]

@@ -86,3 +86,19 @@ def test_group_by_problem_keeps_order() -> None:
     groups = group_by_problem(records)
     assert list(groups) == ["b", "a"]
     assert [r.sample_index for r in groups["b"]] == [0, 1]
+
+
+def test_labels_written_before_the_labeller_field_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.jsonl"
+    data = json.loads(Path(_write_label(tmp_path, label())).read_text())
+    assert data.pop("labeller") == "rollouts"
+    path.write_text(json.dumps(data) + "\n")
+    assert read_labels(str(path)) == [label()]
+    with pytest.raises(ValueError, match="labeller"):
+        label(labeller="guess")
+
+
+def _write_label(tmp_path: Path, record: StepLabelRecord) -> str:
+    path = str(tmp_path / "label.jsonl")
+    write_jsonl(path, [record])
+    return path

@@ -24,6 +24,12 @@ Cost control:
   share their first lines); each prefix's request seed is derived from its text, so labels
   do not depend on which candidate asked first.
 
+``--method exact`` needs no policy and no rollouts: the arithmetic world can check a step on
+its own (``tasks.arith.step_arithmetic_ok``), so a step is good when it and every step
+before it are arithmetically right (and, for the answer line, the candidate is correct).
+These are the labels a perfect human labeller would give (as in PRM800K) for the errors
+the checker sees; they are written as 1-of-1 counts with ``labeller: "exact"``.
+
 This module owns the labelling procedure; the record shape lives in ``records.py``.
 """
 
@@ -49,7 +55,7 @@ from verifier_training.records import (
     read_samples,
     write_jsonl,
 )
-from verifier_training.tasks.arith import check_answer
+from verifier_training.tasks.arith import check_answer, step_arithmetic_ok
 
 # (question, reference, prefix text) -> number of M rollouts that reach the reference
 Rollout = Callable[[str, str, str], Awaitable[int]]
@@ -187,6 +193,27 @@ async def label_records(
     return [r for r in labelled if r is not None]
 
 
+def exact_labels(records: Sequence[SampleRecord]) -> list[StepLabelRecord]:
+    """Labels from the task's step checker: good until the first wrong step, no rollouts."""
+    out = []
+    for r in records:
+        steps = tuple(split_steps(r.completion))
+        if not steps:
+            continue
+        counts, ok = [], True
+        for j, step in enumerate(steps):
+            ok = ok and step_arithmetic_ok(step) is not False
+            if j == len(steps) - 1:
+                ok = ok and r.correct
+            counts.append(int(ok))
+        out.append(StepLabelRecord(
+            problem_id=r.problem_id, sample_index=r.sample_index, question=r.question,
+            reference=r.reference, steps=steps, counts=tuple(counts), rollouts=1,
+            inferred=(False,) * len(steps), correct=r.correct, policy=r.policy, seed=0,
+            labeller="exact"))
+    return out
+
+
 def choose_subset(records: Sequence[SampleRecord], n: int | None, seed: int) -> list[SampleRecord]:
     """A seeded random subset of ``n`` records (all when n is None), in file order."""
     if n is None or n >= len(records):
@@ -224,6 +251,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSONL of StepLabelRecords (overwritten)")
     p.add_argument("--policy", default=None,
                    help="policy that rolls out (default: the records' own policy)")
+    p.add_argument("--method", choices=["rollouts", "exact"], default="rollouts",
+                   help="rollouts: Math-Shepherd k-of-M (default); exact: the arithmetic "
+                        "world's step checker, no policy needed")
     p.add_argument("-m", "--rollouts", type=int, default=8, help="M: rollouts per step prefix")
     p.add_argument("--max-records", type=int, default=None,
                    help="label only a seeded random subset of this many records (default: all)")
@@ -279,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no records in {args.records}")
     policy = args.policy or records[0].policy
     start = time.time()
+    if args.method == "exact":
+        labels = exact_labels(records)
+        write_jsonl(args.out, labels)
+        print(f"labelled {len(labels)} candidates exactly in {time.time() - start:.0f} s "
+              f"-> {args.out}")
+        print("  ".join(f"{k} {v}" for k, v in summarize(labels).items()))
+        return 0
 
     async def go() -> tuple[list[StepLabelRecord], dict[str, int]]:
         generator = open_generator(policy, seed=args.seed, max_model_len=args.max_model_len,

@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, TypeVar
 
 from bon_server.types import Message, Prompt
+
+# how a StepLabelRecord's counts were made: Monte-Carlo rollouts, or the task's exact checker
+LABELLERS = ("rollouts", "exact")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,8 @@ class StepLabelRecord:
     reference answer; None where step j was not rolled out because an earlier step already
     had k == 0 (early stopping: the step inherits "bad", ``inferred[j]`` is True). The last
     step (the answer line) is not rolled out: its count is ``rollouts`` if the candidate is
-    correct, else 0.
+    correct, else 0. With ``labeller == "exact"`` the counts are 1-of-1 verdicts of the
+    task's step checker instead (``label-steps --method exact``).
     """
 
     problem_id: str
@@ -74,8 +78,12 @@ class StepLabelRecord:
     correct: bool  # the candidate's own outcome
     policy: str
     seed: int  # base seed of the rollout requests
+    # "rollouts" (Math-Shepherd k-of-M) or "exact" (the task's step checker, 1-of-1 counts)
+    labeller: str = "rollouts"
 
     def __post_init__(self) -> None:
+        if self.labeller not in LABELLERS:
+            raise ValueError(f"labeller must be one of {LABELLERS}, not {self.labeller!r}")
         if not (len(self.steps) == len(self.counts) == len(self.inferred)):
             raise ValueError("steps, counts and inferred must have one entry per step")
         for k, inf in zip(self.counts, self.inferred, strict=True):
@@ -136,11 +144,12 @@ def to_json(record: SampleRecord | StepLabelRecord) -> str:
 
 def from_dict(cls: type[R], data: dict[str, Any]) -> R:
     names = [f.name for f in fields(cls)]
-    missing = [n for n in names if n not in data]
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}
+    missing = [n for n in names if n not in data and n not in optional]
     extra = [k for k in data if k not in names]
     if missing or extra:
         raise ValueError(f"not a {cls.__name__}: missing keys {missing}, unknown keys {extra}")
-    values = {n: tuple(data[n]) if n in _TUPLES else data[n] for n in names}
+    values = {n: tuple(data[n]) if n in _TUPLES else data[n] for n in names if n in data}
     return cls(**values)
 
 
