@@ -157,6 +157,11 @@ class Settings(BaseSettings):
                 f"max_sequences_in_flight ({self.max_sequences_in_flight}) is below max_best_of "
                 f"({self.max_best_of}): a request at the cap could never be admitted"
             )
+        if self.verifier_url is not None and self.verifier is None:
+            raise ValueError(
+                "verifier_url needs --verifier too: the verifier's tokenizer and config lay out "
+                "the text locally (only those are loaded, no weights)"
+            )
         if self.default_selector is not None:
             from .selectors import SELECTORS, check_selector
 
@@ -169,6 +174,8 @@ class Settings(BaseSettings):
     def model_name(self) -> str:
         if self.served_model_name:
             return self.served_model_name
+        if self.upstream is not None and self.upstream_model:
+            return self.upstream_model
         if Path(self.model) == EMBEDDED_POLICY:
             return EMBEDDED_POLICY_NAME
         return self.model.rstrip("/")
