@@ -18,7 +18,6 @@ and completion text are logged only with ``--log-content``. ``/health`` and
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 import logging
@@ -32,13 +31,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .context import request_id_var
 from .errors import BonError, DeadlineExceededError
 from .types import BestOfNResult, Prompt
 
 access_log = logging.getLogger("bon.access")
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "bon_request_id", default=None
-)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 QUIET_PATHS = frozenset({"/health", "/metrics"})

@@ -264,17 +264,22 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     )
 
 
+def _model_card(settings: Any) -> ModelCard:
+    """The served model; its root is where it runs: the local path, or the upstream URL."""
+    return ModelCard(id=settings.model_name, created=0, root=settings.upstream or settings.model)
+
+
 @router.get("/v1/models", response_model=ModelList, responses=READ_ERRORS)
 async def list_models(request: Request) -> ModelList:
     settings = request.app.state.settings
-    return ModelList(data=[ModelCard(id=settings.model_name, created=0, root=settings.model)])
+    return ModelList(data=[_model_card(settings)])
 
 
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=READ_ERRORS)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     settings = request.app.state.settings
     _check_model(request, model_id)
-    return ModelCard(id=settings.model_name, created=0, root=settings.model)
+    return _model_card(settings)
 
 
 @router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
@@ -282,13 +287,14 @@ async def health(request: Request) -> Response:
     """200 while serving; 503 once the engine has died or the server is draining."""
     if getattr(request.app.state, "draining", False):
         return JSONResponse({"status": "draining"}, status_code=503)
-    generator = _pipeline(request).generator
-    check = getattr(generator, "check_health", None)
-    try:
-        if check is not None:
-            await check()
-    except Exception as exc:
-        return JSONResponse({"status": "unhealthy", "detail": str(exc)}, status_code=503)
+    pipeline = _pipeline(request)
+    for backend in (pipeline.generator, pipeline.scorer):  # engine or upstream; remote verifier
+        check = getattr(backend, "check_health", None)
+        try:
+            if check is not None:
+                await check()
+        except Exception as exc:
+            return JSONResponse({"status": "unhealthy", "detail": str(exc)}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

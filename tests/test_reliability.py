@@ -443,3 +443,25 @@ def test_timeouts_and_disconnects_are_flagged_in_the_log(caplog):
     scenario(run)
     [line] = access_lines(caplog)
     assert line["status"] == 504 and line["timed_out"] is True and line["error"] == "timeout"
+
+
+def test_health_is_503_while_a_remote_verifier_does_not_answer():
+    class RemoteScorer(ConstantScorer):
+        up = True
+
+        async def check_health(self):
+            if not self.up:
+                raise ConnectionError("verifier at http://v:8000 refused the connection")
+
+    scorer = RemoteScorer()
+
+    async def body():
+        async with running(app_with(scorer=scorer)) as c:
+            assert (await c.get("/health")).status_code == 200
+            scorer.up = False
+            r = await c.get("/health")
+            assert r.status_code == 503 and "refused" in r.json()["detail"]
+            scorer.up = True
+            assert (await c.get("/health")).status_code == 200
+
+    scenario(body)

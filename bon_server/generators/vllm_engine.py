@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..context import request_id_var
 from ..errors import BonError, InvalidRequestError, ServiceUnavailableError
 from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
 from .base import PreparedRequest
@@ -164,7 +165,8 @@ class VLLMGenerator:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         ids, params = request.payload
-        request_id = f"bon-{uuid.uuid4().hex}"
+        client_id = request_id_var.get()  # the client's X-Request-Id, for vLLM's own logs
+        request_id = f"bon-{client_id or ''}-{uuid.uuid4().hex}"
         final = None
         try:
             async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
