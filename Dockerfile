@@ -17,8 +17,9 @@ COPY pyproject.toml README.md ./
 COPY bon_server ./bon_server
 COPY verifier_training ./verifier_training
 
-# vLLM, torch, transformers, fastapi and httpx come with the base image.
-RUN pip install --no-cache-dir --no-deps . \
+# vLLM, torch, transformers, fastapi and httpx come with the base image; pip adds what it lacks
+# (pydantic-settings, matplotlib) and keeps what is already there.
+RUN pip install --no-cache-dir . \
     && python3 -c "import bon_server.app, bon_server.generators.upstream, bon_server.scorers.remote"
 
 ENV HF_HOME=/opt/hf-cache \
