@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         "policy_greedy_steps": pick(verifier, "greedy"),
         "oracle": lambda cands: float(any(c["correct"] for c in cands)),
     }
+    wrong = [c for g in groups.values() for c in g if not c["correct"]]
+    caught = sum(c["exact"] == 0.0 for c in wrong)
+    print(f"wrong candidates with a wrong `a op b = c` line: {caught} of {len(wrong)}")
     k = min(len(g) for g in groups.values())
     ns = powers_of_two(k)
     curve = best_of_n(list(groups.values()), methods, ns, args.subsets, args.seed)
@@ -153,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "curve": {m: {str(n): round(a, 5) for n, (a, _) in by_n.items()}
                       for m, by_n in curve.items()},
             "gap_closed": {m: None if g is None else round(g, 4) for m, g in gaps.items()},
+            "wrong_with_arithmetic_error": [caught, len(wrong)],
         })
     print(f"done in {time.time() - start:.0f} s")
     return 0
