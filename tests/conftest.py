@@ -8,12 +8,13 @@ yields its base URL. Tests talk to it with the official ``openai`` SDK or httpx.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -41,42 +42,50 @@ def build_tiny_orm(path: Path, num_labels: int = 1, seed: int = 0) -> Path:
     )
 
 
-class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+class ChildProcess:
+    """A server in a subprocess, its output in a log file: started, awaited, stopped.
+
+    ``ready_url`` is polled until ``accept(response)``; a process that exits first, or
+    never gets there, fails with the tail of its log.
+    """
+
+    name = "process"
+    ready_url = ""
+
+    def __init__(self, cmd: list[str], log_path: Path, **env: str) -> None:
         self.log_path = log_path
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "bon_server", "serve", "--port", str(self.port), *args]
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_WAIT_POLICY="PASSIVE",
+                   PYTHONUNBUFFERED="1", **env)
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    def wait_ready(
+        self,
+        timeout_s: float = STARTUP_TIMEOUT_S,
+        accept: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.tail()}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.tail()}")
             try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                if accept(httpx.get(self.ready_url, timeout=10)):
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         log = self.tail()  # before stop() closes the log file
         self.stop()
-        raise RuntimeError(f"server did not become healthy:\n{log}")
+        raise RuntimeError(f"{self.name} did not come up:\n{log}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.closed:
             self.log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        raise KeyError(name)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -86,7 +95,39 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
+
+
+class ServerProcess(ChildProcess):
+    """``python -m bon_server serve ARGS`` on a free port; ready when /health is 200."""
+
+    name = "bon-server"
+
+    def __init__(self, args: list[str], log_path: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ready_url = f"{self.base_url}/health"
+        cmd = [sys.executable, "-m", "bon_server", "serve", "--port", str(self.port), *args]
+        super().__init__(cmd, log_path, **env)
+
+    def metric(self, name: str) -> float:
+        """The first sample of ``name`` on /metrics."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise KeyError(name)
+
+
+@contextlib.contextmanager
+def started(proc: ChildProcess) -> Iterator[ChildProcess]:
+    """Wait for ``proc`` to be ready, hand it out, stop it afterwards (also on failure)."""
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -98,15 +139,9 @@ def tiny_orm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_orm: Path) -> Iterator[ServerProcess]:
     """The embedded policy on real vLLM, with the tiny ORM as verifier."""
     log_path = tmp_path_factory.mktemp("logs") / "server.log"
-    proc = ServerProcess(
-        ["--verifier", str(tiny_orm), "--keepalive-interval-s", "0.05", "--max-best-of", "64"],
-        log_path,
-    )
-    try:
-        proc.wait_ready()
+    args = ["--verifier", str(tiny_orm), "--keepalive-interval-s", "0.05", "--max-best-of", "64"]
+    with started(ServerProcess(args, log_path)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

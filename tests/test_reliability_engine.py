@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 from asgi_app import MESSAGES, openai_error
-from conftest import ServerProcess
+from conftest import ServerProcess, started
 
 pytestmark = pytest.mark.engine
 
@@ -24,24 +24,10 @@ LONG = {"best_of": 64, "max_tokens": 460, "ignore_eos": True}
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory) -> ServerProcess:
     log_path = tmp_path_factory.mktemp("logs") / "guarded.log"
-    proc = ServerProcess(
-        [
-            "--api-key",
-            ENGINE_KEY,
-            "--api-key",
-            "sk-other",
-            "--request-timeout",
-            "1.5",
-            "--max-sequences-in-flight",
-            "64",
-        ],
-        log_path,
-    )
-    try:
-        proc.wait_ready()
+    args = ["--api-key", ENGINE_KEY, "--api-key", "sk-other", "--request-timeout", "1.5",
+            "--max-sequences-in-flight", "64"]
+    with started(ServerProcess(args, log_path)) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def engine_chat(base_url: str, key: str | None = ENGINE_KEY, **body) -> httpx.Response:

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import started
 from fastapi.testclient import TestClient
 from upstream_servers import (
     POLICY_NAME,
@@ -579,15 +580,9 @@ def upstreams(pytestconfig) -> dict[str, VLLMServer]:
 
 
 def _bon(args: list[str], name: str, config: pytest.Config) -> Iterator[BonProcess]:
-    proc = BonProcess(
-        [*args, "--keepalive-interval-s", "0.05", "--max-best-of", "64"],
-        workdir(config) / f"bon-{name}.log",
-    )
-    try:
-        proc.wait_ready()
+    args = [*args, "--keepalive-interval-s", "0.05", "--max-best-of", "64"]
+    with started(BonProcess(args, workdir(config) / f"bon-{name}.log")) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

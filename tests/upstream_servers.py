@@ -11,40 +11,35 @@ any status, for a bon-server whose upstream is meant to be down.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, ServerProcess, build_tiny_orm, free_port
+from conftest import ROOT, ChildProcess, ServerProcess, build_tiny_orm, free_port
 from tiny_models import save_tiny, step_tokenizer
 
 POLICY = ROOT / "bon_server" / "embedded" / "arith-policy"
 POLICY_NAME = "arith-policy"
-STARTUP_TIMEOUT_S = 300
 # Small and CPU-friendly: no chunked prefill (seeded requests crash the CPU sampler with
 # it, see ENVIRONMENT.md), no torch.compile (saves most of the start), vLLM's own sampling
 # defaults (as in-process), float32 so remote and in-process verifier scores can agree.
 COMMON = ["--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager"]
 
 
-class VLLMServer:
+class VLLMServer(ChildProcess):
+    """``python -m vllm.entrypoints.openai.api_server`` on a free port; ready at /v1/models."""
+
     def __init__(self, name: str, model: Path, args: list[str], log_dir: Path) -> None:
-        self.name = name
+        self.name = f"vLLM {name}"
         self.model = model
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"
-        self.log_path = log_dir / f"vllm-{name}.log"
-        env = dict(
-            os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1"
-        )
+        self.ready_url = f"{self.base_url}/models"
         cmd = [
             sys.executable,
             "-m",
@@ -58,30 +53,7 @@ class VLLMServer:
             *COMMON,
             *args,
         ]
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM {self.name} exited early:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"vLLM {self.name} did not start:\n{self.tail()}")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        super().__init__(cmd, log_dir / f"vllm-{name}.log")
 
     def metric(self, name: str) -> float:
         """Sum of a Prometheus gauge over its label sets (vLLM labels by engine and model)."""
@@ -94,17 +66,6 @@ class VLLMServer:
         if not values:
             raise KeyError(name)
         return sum(values)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self.log.closed:
-            self.log.close()
 
 
 def build_tiny_prm(path: Path, seed: int = 0) -> Path:
@@ -173,39 +134,11 @@ def _built(path: Path, build: Any) -> Path:
 
 
 class BonProcess(ServerProcess):
-    """``python -m bon_server serve ARGS``; ready once it answers /health at all."""
-
-    def __init__(self, args: list[str], log_path: Path, **env: Any) -> None:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update({"OMP_WAIT_POLICY": "PASSIVE", **env})
-        try:
-            super().__init__(args, log_path)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    """``python -m bon_server serve ARGS``; ``wait_up`` accepts any /health answer."""
 
     def wait_up(self, timeout_s: float = 120, *, healthy: bool = False) -> None:
         """Until /health answers (``healthy``: answers 200)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bon-server exited early:\n{self.tail()}")
-            try:
-                r = httpx.get(f"{self.base_url}/health", timeout=10)
-                if r.status_code == 200 or not healthy:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        tail = self.tail()
-        self.stop()
-        raise RuntimeError(f"bon-server did not come up:\n{tail}")
-
-    def wait_ready(self) -> None:
-        self.wait_up(healthy=True)
+        self.wait_ready(timeout_s, accept=lambda r: r.status_code == 200 or not healthy)
 
 
 def closed_port() -> int:
