@@ -6,6 +6,7 @@
     ├── AuthenticationError       401 authentication_error
     ├── ModelNotFoundError        404 invalid_request_error / model_not_found
     ├── RateLimitError            429 rate_limit_exceeded (Retry-After)
+    ├── RelayedError              an upstream's 413 or 429, its status and message kept
     ├── UpstreamError             502 upstream_error
     ├── ServiceUnavailableError   503 service_unavailable
     └── DeadlineExceededError     504 timeout
@@ -69,6 +70,15 @@ class ModelNotFoundError(BonError):
 class RateLimitError(BonError):
     status_code = 429
     type = "rate_limit_exceeded"
+
+
+class RelayedError(BonError):
+    """An upstream's 413 or 429 passed on with its own status (and its Retry-After)."""
+
+    def __init__(self, status_code: int, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status_code = status_code
+        self.type = type_for_status(status_code)
 
 
 class UpstreamError(BonError):

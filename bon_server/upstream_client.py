@@ -16,8 +16,17 @@ may still be running upstream, and the timeout is already the caller's whole bud
     no pooled connection free within the timeout   503 service_unavailable, Retry-After: 1
     5xx on every attempt, or a reply not JSON      502 upstream_error (upstream's message kept)
     no reply within ``timeout`` seconds            504 timeout
-    4xx, ``relay_4xx=True`` (the client's doing)   the same status, message, param kept
+    ``relay_4xx=True`` (the prompt is the client's):
+      400, or 422                                  400 invalid_request_error, message, param
+                                                   and code kept (context_length_exceeded)
+      413, 429                                     the same status, Retry-After kept
+      401, 403, 404, any other 4xx                 502 upstream_error: the upstream refused
+                                                   bon-server's own request (its key, its
+                                                   model), not the client's
     4xx, ``relay_4xx=False`` (our own request)     502 upstream_error
+
+A client's message names the hop ("upstream", "verifier"), never its URL, which may be
+an internal address or hold credentials; the log has the URL (less any user:pass@).
 
 Cancelling a call (the client of bon-server went away) closes its connection: httpx
 cannot reuse a half-read connection, and a vLLM server aborts a request whose
@@ -37,24 +46,18 @@ from .errors import (
     BonError,
     DeadlineExceededError,
     InvalidRequestError,
+    RelayedError,
     ServiceUnavailableError,
     UpstreamError,
-    type_for_status,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 5.0
 RETRY_AFTER = {"Retry-After": "1"}
+RELAYED_STATUSES = (413, 429)  # passed on as themselves; 400 and 422 become our 400
 
-
-class RelayedError(BonError):
-    """An upstream 4xx other than 400, passed on with its own status (401, 404, 429, ...)."""
-
-    def __init__(self, status_code: int, message: str, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.status_code = status_code
-        self.type = type_for_status(status_code)
+__all__ = ["RELAYED_STATUSES", "ModelResolver", "RelayedError", "RemoteServer"]
 
 
 def _error_fields(response: httpx.Response) -> tuple[str, str | None, Any]:
@@ -93,6 +96,8 @@ class RemoteServer:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
+        url = httpx.URL(self.base_url)  # for the log: the address, never user:pass@
+        self.log_url = str(url.copy_with(username=None, password=None) if url.userinfo else url)
         self.retries = retries
         self.backoff_s = backoff_s
         self.connect_timeout = connect_timeout
@@ -127,8 +132,8 @@ class RemoteServer:
         """The decoded JSON reply of ``method path``; every failure is a ``BonError``."""
         retries = self.retries if retries is None else retries
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        where = f"{self.name} {method} {self.base_url}{path}"
-        failure = ""
+        where = f"{self.name} {method} {self.log_url}{path}"
+        failure = failure_kind = ""
         for attempt in range(retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
@@ -137,12 +142,13 @@ class RemoteServer:
                 response = await self.client.request(method, path, json=json, **kwargs)
             except httpx.PoolTimeout as exc:
                 raise ServiceUnavailableError(
-                    f"{self.name}: every connection to it is busy ({exc!r})", headers=RETRY_AFTER
+                    f"{self.name}: every connection to it is busy", headers=RETRY_AFTER
                 ) from exc
             except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
                 raise DeadlineExceededError(f"{self.name} did not answer in time") from exc
             except httpx.TransportError as exc:  # refused, reset, connect timeout, closed
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+                failure_kind = type(exc).__name__  # its text may hold the host: log only
                 log.warning("%s failed (attempt %d): %s", where, attempt + 1, failure)
                 continue
             if response.status_code >= 500:
@@ -151,7 +157,7 @@ class RemoteServer:
                 log.warning("%s failed (attempt %d): %s", where, attempt + 1, failure)
                 continue
             if response.status_code >= 400:
-                raise self._client_error(response, relay_4xx)
+                raise self._client_error(response, relay_4xx, where)
             try:
                 return response.json()
             except ValueError as exc:
@@ -159,29 +165,36 @@ class RemoteServer:
         attempts = f"{retries + 1} attempt{'s' if retries else ''}"
         if failure.startswith("HTTP "):
             raise UpstreamError(f"{self.name} failed after {attempts}: {failure}")
+        # The URL (an internal address, perhaps user:pass@) goes to the log, not the client.
+        log.warning("%s is unreachable after %s: %s", where, attempts, failure)
         raise ServiceUnavailableError(
-            f"{self.name} at {self.base_url} is unreachable after {attempts}: {failure}",
+            f"{self.name} is unreachable after {attempts}: {failure_kind}",
             headers=RETRY_AFTER,
         )
 
     def _backoff(self, attempt: int) -> float:
         return min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random())
 
-    def _client_error(self, response: httpx.Response, relay: bool) -> BonError:
+    def _client_error(self, response: httpx.Response, relay: bool, where: str) -> BonError:
         message, param, code = _error_fields(response)
         status = response.status_code
         if not relay:
             return UpstreamError(f"{self.name} refused the request (HTTP {status}): {message}")
         if not isinstance(code, str):
             code = None  # vLLM repeats the status as an int; OpenAI's codes are strings
-        if status == 400:
+        if status in (400, 422):  # our API answers a bad request with 400, never 422
             if "maximum context length" in message or "max_model_len" in message:
                 code = "context_length_exceeded"
             return InvalidRequestError(message, param=param, code=code)
-        headers = {}
-        if "retry-after" in response.headers:
-            headers["Retry-After"] = response.headers["retry-after"]
-        return RelayedError(status, message, param=param, code=code, headers=headers)
+        if status in RELAYED_STATUSES:
+            headers = {}
+            if "retry-after" in response.headers:
+                headers["Retry-After"] = response.headers["retry-after"]
+            return RelayedError(status, message, param=param, code=code, headers=headers)
+        # 401, 403, 404, ...: about bon-server's own key or model (--upstream-api-key,
+        # --upstream-model), not the client's; passing the status on would mislead.
+        log.warning("%s refused bon-server's request (HTTP %d): %s", where, status, message)
+        return UpstreamError(f"{self.name} refused bon-server's request (HTTP {status}): {message}")
 
     async def models(self, path: str = "/models", **kwargs: Any) -> list[dict[str, Any]]:
         """The ``data`` of an OpenAI ``/models`` listing."""
@@ -212,7 +225,7 @@ class ModelResolver:
         self.configured = configured
         self.path = path
         self.card: dict[str, Any] | None = None
-        self._lock = asyncio.Lock()
+        self._discovery: asyncio.Task[None] | None = None  # the one in flight, shared
 
     @property
     def name(self) -> str | None:
@@ -235,14 +248,29 @@ class ModelResolver:
         )
 
     async def resolve(self) -> str:
+        """The model's name; while unknown, every caller awaits ONE shared discovery.
+
+        Its failure (after its retries) is every waiter's; the next call starts afresh.
+        A waiter that is cancelled leaves the discovery running for the others.
+        """
         if self.configured is not None:
             return self.configured
         if self.card is None:
-            async with self._lock:
-                if self.card is None:
-                    self.remember(await self.remote.models(self.path))
+            if self._discovery is None:
+                self._discovery = asyncio.ensure_future(self._discover())
+                self._discovery.add_done_callback(self._discovered)
+            await asyncio.shield(self._discovery)
         assert self.card is not None
         return self.card["id"]
+
+    async def _discover(self) -> None:
+        self.remember(await self.remote.models(self.path))
+
+    def _discovered(self, task: asyncio.Task[None]) -> None:
+        if self._discovery is task:
+            self._discovery = None
+        if not task.cancelled():
+            task.exception()  # retrieved, even when every waiter has gone
 
     async def check(self) -> None:
         """Raise unless the server answers and serves the model (for /health)."""

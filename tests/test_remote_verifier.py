@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +166,88 @@ def test_failures_are_503_when_unreachable_502_when_refused(models):
     generative = serve([], lambda body: httpx.Response(200, json={"data": [{"index": 0}]}))
     with pytest.raises(UpstreamError):
         score(scorer("prm", models["prm"], generative), TEXTS[:1])
+
+
+def test_a_malformed_verifier_reply_is_502(models):
+    text_probs = serve(
+        [],
+        lambda body: httpx.Response(
+            200, json={"data": [{"index": i, "probs": ["x", "y"]} for i in range(4)]}
+        ),
+    )
+    with pytest.raises(UpstreamError, match="class probabilities"):
+        score(scorer("orm", models["orm"], text_probs))
+    not_rows = serve([], lambda body: httpx.Response(200, json={"data": [[0.1, 0.9]]}))
+    with pytest.raises(UpstreamError):
+        score(scorer("orm", models["orm"], not_rows))
+    text_rows = serve(
+        [],
+        lambda body: httpx.Response(
+            200, json={"data": [{"index": 0, "data": [["a", "b"]] * len(body["input"][0])}]}
+        ),
+    )
+    with pytest.raises(UpstreamError, match="two-class"):
+        score(scorer("prm", models["prm"], text_rows), TEXTS[:1])
+
+
+def test_one_failed_batch_cancels_its_siblings_and_raises_one_error(models):
+    """4 texts in 4 parallel calls: the first fails, the 3 others are cancelled at once."""
+    arrived: list[int] = []
+    cancelled: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "v", "max_model_len": 512}]})
+        arrived.append(len(arrived))
+        if len(arrived) == 1:
+            await asyncio.sleep(0.05)  # the siblings are sent meanwhile
+            return httpx.Response(400, json={"error": {"message": "no"}})
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(len(arrived))
+            raise
+        return httpx.Response(200, json={"data": []})
+
+    s = scorer("orm", models["orm"], httpx.MockTransport(handler), verifier_batch_size=1)
+
+    async def go():
+        try:
+            start = time.monotonic()
+            with pytest.raises(UpstreamError, match="verifier refused") as info:
+                await s.score(PROMPT, cands())
+            # checked before asyncio.run would cancel leftovers itself
+            return info.value, len(cancelled), time.monotonic() - start
+        finally:
+            await s.aclose()
+
+    error, n_cancelled, elapsed = asyncio.run(go())
+    assert type(error) is UpstreamError and error.status_code == 502  # not an ExceptionGroup
+    assert len(arrived) == 4 and n_cancelled == 3
+    assert elapsed < 5
+
+
+@pytest.mark.parametrize("kind", ["orm", "prm"])
+def test_templates_and_tokenization_run_off_the_event_loop(models, kind):
+    threads: list[bool] = []
+
+    def reply(body):
+        rows = [
+            {"index": i, "probs": [0.5, 0.5], "data": [[0.5, 0.5]] * len(ids)}
+            for i, ids in enumerate(body["input"])
+        ]
+        return httpx.Response(200, json={"data": rows})
+
+    s = scorer(kind, models[kind], serve([], reply))
+    encode = s.encode
+
+    def spy(*args):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return encode(*args)
+
+    s.encode = spy
+    assert len(score(s)) == len(TEXTS)
+    assert threads and not any(threads)  # never on the loop's (main) thread
 
 
 def test_remote_needs_the_local_tokenizer_and_a_token_head(models, tmp_path):

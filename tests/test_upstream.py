@@ -43,13 +43,14 @@ from bon_server.config import Settings
 from bon_server.errors import (
     DeadlineExceededError,
     InvalidRequestError,
+    RelayedError,
     ServiceUnavailableError,
     UpstreamError,
 )
 from bon_server.generators import build_generator
 from bon_server.generators.upstream import UpstreamGenerator
 from bon_server.types import Message, Prompt, SamplingParams
-from bon_server.upstream_client import RelayedError, RemoteServer
+from bon_server.upstream_client import ModelResolver, RemoteServer
 
 MODEL = POLICY_NAME
 Q = "What is 17 + 4 * 23 - 9?"
@@ -237,8 +238,6 @@ def test_text_and_token_prompts_go_to_completions():
 def test_max_tokens_limit_and_bad_token_prompts_are_400_before_any_call():
     up = Upstream()
     gen = generator(up, max_tokens_limit=32)
-    with pytest.raises(InvalidRequestError, match="limit"):
-        gen.prepare(CHAT, SamplingParams(max_tokens=33), 2)
     with pytest.raises(InvalidRequestError, match="empty"):
         gen.prepare(Prompt(token_ids=()), SamplingParams(), 2)
     with pytest.raises(InvalidRequestError, match="negative"):
@@ -246,6 +245,23 @@ def test_max_tokens_limit_and_bad_token_prompts_are_400_before_any_call():
     # no max_tokens: the server's limit is asked for
     assert gen.prepare(CHAT, SamplingParams(), 2).payload[1]["max_tokens"] == 32
     assert up.requests == []
+
+
+def test_max_tokens_over_the_limit_is_refused_by_the_pipeline_before_any_call():
+    """The policy's check, not the generator's (it had a second, unreachable copy)."""
+    up = Upstream()
+    app = create_app(
+        Settings(max_tokens_limit=32),
+        generator=generator(up, upstream_model="m", max_tokens_limit=32),
+    )
+    with TestClient(app) as client:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "max_tokens": 33}
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "max_tokens"
+        r = client.post("/v1/chat/completions", json={**body, "max_tokens": 32})
+        assert r.status_code == 200, r.text
+    assert [b["max_tokens"] for _, b in up.posts] == [32]
 
 
 # -------------------------------------------------------- 1. the reply mapped back
@@ -318,6 +334,96 @@ def test_a_short_or_malformed_reply_is_502():
     assert "abort" in failing(generator(up, upstream_model="m"), UpstreamError).message
 
 
+def _malformed(mutate: Callable[[dict[str, Any]], None]) -> Upstream:
+    """A reply to a completions or chat call with logprobs, then ``mutate``d."""
+
+    def answer(request, body):
+        if request.url.path.endswith("/completions") and "messages" not in body:
+            reply = {
+                "choices": [
+                    {
+                        "index": i,
+                        "text": "= 5",
+                        "finish_reason": "length",
+                        "token_ids": [10, 11, 12],
+                        "logprobs": {
+                            "tokens": ["=", " ", "5"],
+                            "token_logprobs": [-0.1, -0.2, -0.3],
+                            "top_logprobs": [{"=": -0.1}, {" ": -0.2}, {"5": -0.3}],
+                        },
+                    }
+                    for i in range(body["n"])
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3 * body["n"]},
+            }
+        else:
+            reply = chat_reply(body["n"], logprobs=True)
+        mutate(reply)
+        return reply
+
+    return Upstream(answer)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """``reply[...path...] = value``; a dotted path, integer parts index lists."""
+
+    def mutate(reply: dict[str, Any]) -> None:
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node: Any = reply
+        for key in parents:
+            node = node[key]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+
+    return mutate
+
+
+TEXT = Prompt(text="What is 2 + 3?")
+MALFORMED = [
+    (TEXT, _set("choices.0.logprobs.tokens", KeyError)),  # KeyError
+    (TEXT, _set("choices.0.logprobs.token_logprobs", [None, -0.2, -0.3])),  # TypeError
+    (TEXT, _set("choices.0.logprobs.token_logprobs", [-0.1])),  # zip strict: ValueError
+    (TEXT, _set("choices.0.logprobs.top_logprobs", [[1], [2], [3]])),  # AttributeError
+    (TEXT, _set("choices.0.token_ids", ["x", 11, 12])),  # ValueError
+    (TEXT, _set("choices.0.logprobs.tokens", [1, 2, 3])),  # not strings
+    (CHAT, _set("usage", [7])),  # AttributeError
+    (CHAT, _set("choices.0.logprobs.content.0.logprob", None)),  # TypeError
+    (CHAT, _set("choices.0.logprobs.content", [{"logprob": -1.0}])),  # KeyError
+    (CHAT, _set("choices.0.message", "= 5")),  # AttributeError
+    (CHAT, _set("choices.0.message.content", ["= 5"])),  # not a string
+    (CHAT, _set("choices.0.finish_reason", ["stop"])),  # unhashable
+    (CHAT, _set("prompt_token_ids", 5)),  # with no usage below: len(5)
+    (CHAT, _set("choices", [None, None, None, None])),
+]
+
+
+@pytest.mark.parametrize(("prompt", "mutate"), MALFORMED)
+def test_a_malformed_reply_is_502_never_a_500(prompt, mutate):
+    def with_no_usage(reply):
+        mutate(reply)
+        if isinstance(reply.get("prompt_token_ids"), int):
+            reply.pop("usage")
+
+    up = _malformed(with_no_usage)
+    exc = failing(generator(up, upstream_model="m"), UpstreamError, prompt=prompt, logprobs=1)
+    assert exc.status_code == 502 and "upstream" in exc.message
+
+
+def test_a_malformed_reply_reaches_the_client_as_an_openai_shaped_502():
+    up = _malformed(_set("choices.0.logprobs.token_logprobs", [None, -0.2, -0.3]))
+    app = create_app(Settings(), generator=generator(up, upstream_model="m"))
+    with TestClient(app) as client:
+        body = {"model": MODEL, "prompt": "What is 2 + 3?", "best_of": 2, "logprobs": 1}
+        r = client.post("/v1/completions", json=body)
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "upstream_error"
+    assert error["message"].startswith("malformed upstream reply")
+
+
 # --------------------------------------------------- 1. retries and error mapping
 
 
@@ -347,6 +453,7 @@ def test_retries_run_out_unreachable_is_503_failing_is_502():
     err = failing(generator(up, upstream_model="m"), ServiceUnavailableError)
     assert err.status_code == 503 and "unreachable after 3 attempts" in err.message
     assert err.headers["Retry-After"] == "1"
+    assert "up.test" not in err.message  # the URL is logged, never sent
     up = flaky([500, 502, 503])
     err = failing(generator(up, upstream_model="m"), UpstreamError)
     assert err.status_code == 502 and "boom 503" in err.message
@@ -361,42 +468,142 @@ def test_backoff_grows_and_is_capped():
     assert all(w <= 7.5 for w in waits[3])
 
 
+CONTEXT_400 = {
+    "message": "This model's maximum context length is 512 tokens. However, your "
+    "prompt contains at least 513 input tokens.",
+    "type": "BadRequestError",
+    "param": "input_tokens",
+    "code": 400,
+}
+
+
 @pytest.mark.parametrize(
-    ("status", "error", "headers"),
+    ("status", "error", "headers", "expected"),
     [
-        (
-            400,
-            {
-                "message": "This model's maximum context length is 512 tokens. However, your "
-                "prompt contains at least 513 input tokens.",
-                "type": "BadRequestError",
-                "param": "input_tokens",
-                "code": 400,
-            },
-            {},
-        ),
-        (401, {"message": "bad key", "type": "authentication_error"}, {}),
-        (404, {"message": "The model `m` does not exist.", "param": "model", "code": 404}, {}),
-        (422, {"message": "unprocessable"}, {}),
-        (429, {"message": "slow down", "code": "rate_limit_exceeded"}, {"retry-after": "7"}),
+        # the client's request: a 400 (its message, param, code kept); 422 is our 400
+        (400, CONTEXT_400, {}, 400),
+        (422, {"message": "unprocessable", "param": "temperature"}, {}, 400),
+        # relayed as themselves
+        (413, {"message": "too large"}, {}, 413),
+        (429, {"message": "slow down", "code": "rate_limit_exceeded"}, {"retry-after": "7"}, 429),
+        # bon-server's own key or model: a 502, never the client's 401 / 404
+        (401, {"message": "bad key", "type": "authentication_error"}, {}, 502),
+        (403, {"message": "forbidden"}, {}, 502),
+        (404, {"message": "The model `m` does not exist.", "param": "model", "code": 404}, {}, 502),
+        (409, {"message": "conflict"}, {}, 502),
     ],
 )
-def test_an_upstream_4xx_is_the_same_4xx_never_retried(status, error, headers):
+def test_an_upstream_4xx_is_mapped_and_never_retried(status, error, headers, expected, caplog):
     up = Upstream(
         lambda request, body: httpx.Response(status, json={"error": error}, headers=headers)
     )
     gen = generator(up, upstream_model="m")
-    exc = failing(gen, InvalidRequestError if status == 400 else RelayedError)
+    kind = {400: InvalidRequestError, 502: UpstreamError}.get(expected, RelayedError)
+    with caplog.at_level("WARNING", logger="bon_server.upstream_client"):
+        exc = failing(gen, kind)
     assert gen.remote.attempts == 1
-    assert exc.status_code == status and exc.message == error["message"]
-    assert exc.param == error.get("param")
+    assert exc.status_code == expected
     body = exc.body()["error"]
     assert set(body) == {"message", "type", "param", "code"}
+    if expected == 502:
+        assert body["type"] == "upstream_error" and body["param"] is None
+        assert exc.message.startswith(f"upstream refused bon-server's request (HTTP {status})")
+        assert error["message"] in exc.message
+        assert f"HTTP {status}" in caplog.text and "up.test" in caplog.text  # the log has it
+        return
+    assert exc.message == error["message"] and exc.param == error.get("param")
     if status == 400:
         assert body["code"] == "context_length_exceeded"
+    if expected == 400:
         assert body["type"] == "invalid_request_error"
+    if status == 413:
+        assert body["type"] == "invalid_request_error" and exc.headers == {}
     if status == 429:
         assert exc.headers == {"Retry-After": "7"} and body["code"] == "rate_limit_exceeded"
+
+
+def test_an_unreachable_upstream_is_named_not_located(caplog):
+    """The 503's message names the hop; its URL (maybe user:pass@host) is only logged."""
+
+    def refuse(request):
+        raise httpx.ConnectError("[Errno 111] Connection refused to 10.1.2.3", request=request)
+
+    remote = RemoteServer(
+        "http://alice:s3cret@10.1.2.3:8000/v1",
+        retries=1,
+        backoff_s=0.001,
+        transport=httpx.MockTransport(refuse),
+    )
+
+    async def go():
+        try:
+            await remote.post("/completions", {"prompt": "x"})
+        finally:
+            await remote.aclose()
+
+    logs = caplog.at_level("WARNING", logger="bon_server.upstream_client")
+    with logs, pytest.raises(ServiceUnavailableError) as info:
+        asyncio.run(go())
+    message = info.value.message
+    assert message == "upstream is unreachable after 2 attempts: ConnectError"
+    assert "10.1.2.3" not in message and "s3cret" not in message
+    assert "http://10.1.2.3:8000/v1/completions is unreachable" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_concurrent_requests_share_one_model_discovery():
+    """5 requests while /models fails: ONE retried discovery, its error given to all."""
+    delay = 0.1
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(delay)
+        return httpx.Response(503, json={"error": {"message": "loading"}})
+
+    async def go():
+        remote = RemoteServer(
+            "http://up.test/v1", retries=2, backoff_s=0.001, transport=httpx.MockTransport(handler)
+        )
+        resolver = ModelResolver(remote, None)
+        start = time.monotonic()
+        results = await asyncio.gather(
+            *(resolver.resolve() for _ in range(5)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - start
+        attempts = remote.attempts
+        # the failure is not remembered: the next caller starts a fresh discovery
+        with pytest.raises(UpstreamError):
+            await resolver.resolve()
+        await remote.aclose()
+        return results, elapsed, attempts, remote.attempts
+
+    results, elapsed, attempts, after = asyncio.run(go())
+    assert all(isinstance(r, UpstreamError) and "loading" in r.message for r in results)
+    assert attempts == 3  # one discovery (3 attempts), not 5 x 3 one after another
+    assert elapsed < 2 * 3 * delay + 0.5  # one discovery's time, not five
+    assert after == 6
+
+
+def test_a_cancelled_waiter_leaves_the_shared_discovery_to_the_others():
+    async def go():
+        gate = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            await gate.wait()
+            return httpx.Response(200, json={"data": [{"id": "up-model"}]})
+
+        remote = RemoteServer("http://up.test/v1", transport=httpx.MockTransport(handler))
+        resolver = ModelResolver(remote, None)
+        first = asyncio.ensure_future(resolver.resolve())
+        second = asyncio.ensure_future(resolver.resolve())
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        name = await second
+        await remote.aclose()
+        return first.cancelled(), name, remote.attempts
+
+    assert asyncio.run(go()) == (True, "up-model", 1)
 
 
 def test_a_read_timeout_is_504_and_not_retried():

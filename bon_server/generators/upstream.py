@@ -19,13 +19,18 @@ many ``-1`` placeholders. Run vLLM with ``--generation-config vllm`` so that its
 defaults for what a request leaves out are vLLM's, as in-process, not the model's.
 
 What cannot be checked here: context length (the tokenizer is upstream). ``prepare``
-checks what needs no tokenizer (empty or negative token ids, ``--max-tokens-limit``);
-the upstream's 400 for a prompt that is too long comes back as the same 400, its message
-kept and ``code: context_length_exceeded``. A streaming request's prompt is therefore
+checks what needs no tokenizer (empty or negative token ids) and asks for
+``--max-tokens-limit`` tokens when a request sets no ``max_tokens`` (a larger
+``max_tokens`` is refused by the pipeline's policy before ``prepare``); the upstream's
+400 for a prompt that is too long comes back as the same 400, its message kept and
+``code: context_length_exceeded``. A streaming request's prompt is therefore
 checked only once the stream has started: that error arrives as an SSE error event.
 
 Failures map as ``upstream_client.py`` documents: an unreachable upstream is a 503, a
-failing one a 502, a slow one a 504, and its 4xx the same 4xx. The model to ask for is
+failing one a 502, a slow one a 504; its 400 (or 422) is a 400, its 413 and 429 the
+same, and a 401, 403 or 404 (our key, our model) a 502. A reply that is not the shape
+OpenAI documents (a missing field, a null logprob, a token id that is not a number) is
+a 502 "malformed upstream reply", never a 500. The model to ask for is
 ``--upstream-model``, else the upstream's first listed model, discovered lazily, so
 bon-server may start before its upstream (``/health`` is 503 until it answers).
 """
@@ -90,16 +95,9 @@ class UpstreamGenerator:
     # ------------------------------------------------------------------ prepare
 
     def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
-        max_tokens = params.max_tokens
-        if self.max_tokens_limit is not None:
-            if max_tokens is None:
-                max_tokens = self.max_tokens_limit
-            elif max_tokens > self.max_tokens_limit:
-                raise InvalidRequestError(
-                    f"max_tokens ({max_tokens}) exceeds this server's limit "
-                    f"({self.max_tokens_limit})",
-                    param="max_tokens",
-                )
+        max_tokens = params.max_tokens  # the pipeline's policy refused one over the limit
+        if max_tokens is None:
+            max_tokens = self.max_tokens_limit
         body = _sampling_body(params, n, max_tokens)
         if prompt.messages is not None:
             path = "/chat/completions"
@@ -133,7 +131,12 @@ class UpstreamGenerator:
             reply = await self._call(path, body)
         finally:
             self._in_flight -= request.n
-        return self._generation(reply, request, chat=path == "/chat/completions")
+        try:
+            return self._generation(reply, request, chat=path == "/chat/completions")
+        except UpstreamError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamError(f"malformed upstream reply: {exc!r}") from None
 
     async def _call(self, path: str, body: dict[str, Any]) -> Any:
         if not self.ask_token_ids:
@@ -227,10 +230,12 @@ Parsed = tuple[str, tuple[str, Any], tuple[int, ...] | None, list[TokenLogprob] 
 def _parse_choice(choice: dict[str, Any], chat: bool, k: int | None) -> Parsed:
     try:
         text = (choice["message"].get("content") if chat else choice["text"]) or ""
-    except (KeyError, AttributeError):
+    except (KeyError, AttributeError, TypeError):
         raise UpstreamError("upstream returned a choice without text") from None
+    if not isinstance(text, str):
+        raise UpstreamError(f"malformed upstream reply: text is {type(text).__name__}")
     reason = choice.get("finish_reason")
-    if reason not in FINISH_REASONS:
+    if not isinstance(reason, str) or reason not in FINISH_REASONS:
         raise UpstreamError(f"upstream generation ended with {reason!r}")
     finish = (FINISH_REASONS[reason], choice.get("stop_reason"))
     ids = choice.get("token_ids")
@@ -245,9 +250,11 @@ def _parse_choice(choice: dict[str, Any], chat: bool, k: int | None) -> Parsed:
 def _chat_entries(raw: dict[str, Any], k: int) -> list[TokenLogprob]:
     return [
         TokenLogprob(
-            token=e["token"],
+            token=_token(e["token"]),
             logprob=float(e["logprob"]),
-            top=tuple((t["token"], float(t["logprob"])) for t in (e.get("top_logprobs") or [])[:k]),
+            top=tuple(
+                (_token(t["token"]), float(t["logprob"])) for t in (e.get("top_logprobs") or [])[:k]
+            ),
         )
         for e in raw.get("content") or []
     ]
@@ -259,8 +266,15 @@ def _completion_entries(raw: dict[str, Any], k: int) -> list[TokenLogprob]:
     for i, (token, lp) in enumerate(zip(raw["tokens"], raw["token_logprobs"], strict=True)):
         # The legacy dict also holds the sampled token: keep the k most likely, best first.
         top = sorted((tops[i] or {}).items(), key=lambda kv: -kv[1])[:k] if i < len(tops) else []
-        entries.append(TokenLogprob(token, float(lp), tuple((t, float(v)) for t, v in top)))
+        top_pairs = tuple((_token(t), float(v)) for t, v in top)
+        entries.append(TokenLogprob(_token(token), float(lp), top_pairs))
     return entries
+
+
+def _token(token: Any) -> str:
+    if not isinstance(token, str):
+        raise TypeError(f"a logprobs token is {type(token).__name__}, not a string")
+    return token
 
 
 def _visible(entries: list[TokenLogprob], text: str, finish: tuple[str, Any]) -> tuple:

@@ -23,14 +23,20 @@ can be scored remotely: the ``plus_minus`` ones (Math-Shepherd, RLHFlow) read a 
 LM's logits, which vLLM's pooling API does not return.
 
 Failures: an unreachable verifier is a 503, and a refused or malformed call (its 4xx
-is our request's fault, never the client's) a 502.
+is our request's fault, never the client's) a 502. When one of a request's parallel
+calls fails, its siblings are cancelled and that one failure is raised.
+
+The chat template and the tokenizer run in a worker thread (as the in-process scorers'
+forward passes do), one request at a time per scorer: a fast tokenizer used from two
+threads at once, with truncation, fails ("Already borrowed").
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import UpstreamError
 from ..types import Candidate, Prompt
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 Encoded = tuple[list[int], list[int]]  # token ids, positions where step scores are read
+T = TypeVar("T")
 
 
 def verifier_server(
@@ -78,6 +85,16 @@ class _RemoteScorer:
         self.models = ModelResolver(remote, model, path="/v1/models")
         self.max_length = max_length
         self.batch_size = batch_size
+        self._tokenizer_lock = threading.Lock()  # one thread at a time in the tokenizer
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        """``fn()`` (template rendering, tokenization) in a worker thread, not the loop."""
+
+        def locked() -> T:
+            with self._tokenizer_lock:
+                return fn()
+
+        return await asyncio.to_thread(locked)
 
     async def _limit(self) -> int:
         """The shorter of the model's context and the server's ``--max-model-len``."""
@@ -94,21 +111,34 @@ class _RemoteScorer:
             reply = await self.remote.post(path, body, relay_4xx=False)
             try:
                 data = sorted(reply["data"], key=lambda d: d["index"])
-            except (KeyError, TypeError) as exc:
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise UpstreamError(f"verifier reply has no data: {exc!r}") from None
             if len(data) != len(chunk):
                 raise UpstreamError(f"verifier scored {len(data)} of {len(chunk)} inputs")
             return data
 
         chunks = [inputs[i : i + self.batch_size] for i in range(0, len(inputs), self.batch_size)]
-        results = await asyncio.gather(*(call(c) for c in chunks))
-        return [row for rows in results for row in rows]
+        try:
+            # The first failure cancels the sibling calls still running (their
+            # connections close, so vLLM aborts them) instead of leaving them to run on.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(call(c)) for c in chunks]
+        except BaseExceptionGroup as failures:
+            first = _first_leaf(failures)
+            raise first from first.__cause__  # one BonError, so it maps to its status
+        return [row for task in tasks for row in task.result()]
 
     async def check_health(self) -> None:
         await self.models.check()
 
     async def aclose(self) -> None:
         await self.remote.aclose()
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (possibly nested) exception group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -172,12 +202,13 @@ class RemoteORMScorer(_RemoteScorer):
     ) -> list[float]:
         if not candidates:
             return []
-        inputs = self.encode(prompt, candidates, await self._limit())
+        limit = await self._limit()
+        inputs = await self._off_loop(lambda: self.encode(prompt, candidates, limit))
         rows = await self._rows("/classify", inputs, {})
         label = 0 if self.num_labels == 1 else 1
         try:
             return [float(row["probs"][label]) for row in rows]
-        except (KeyError, IndexError, TypeError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise UpstreamError(f"verifier returned no class probabilities: {exc!r}") from None
 
 
@@ -254,7 +285,9 @@ class RemotePRMScorer(_RemoteScorer):
     ) -> list[list[float]]:
         """Per-step scores of each candidate; [] where a candidate has nothing to score."""
         limit = await self._limit()
-        encoded = [self.encode(prompt, c.text, limit) for c in candidates]
+        encoded = await self._off_loop(
+            lambda: [self.encode(prompt, c.text, limit) for c in candidates]
+        )
         live = [e for e in encoded if e is not None]
         if not live:
             return [[] for _ in encoded]
@@ -264,7 +297,7 @@ class RemotePRMScorer(_RemoteScorer):
 
     def _read(self, encoded: Encoded, row: dict[str, Any]) -> list[float]:
         ids, positions = encoded
-        table = row.get("data")
+        table = row.get("data") if isinstance(row, dict) else None
         if not isinstance(table, list):
             raise UpstreamError("verifier returned no token scores (is it a token classifier?)")
         if len(table) != len(ids):  # a STEP pooler: one row per tag token, in order
@@ -277,7 +310,7 @@ class RemotePRMScorer(_RemoteScorer):
             positions = [where[p] for p in positions]
         try:
             return [float(table[p][1]) for p in positions]
-        except (IndexError, TypeError) as exc:
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise UpstreamError(f"verifier rows are not two-class probabilities: {exc!r}") from None
 
     async def score(
