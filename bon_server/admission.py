@@ -26,7 +26,12 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .errors import DeadlineExceededError, InvalidRequestError, RateLimitError
+from .errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from .metrics import Metrics
 
 T = TypeVar("T")
@@ -63,6 +68,31 @@ class WorkGate:
         self.in_use = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False  # draining: no more admissions
+        self._aborted = False  # abort_all ran: work started from now on is refused
+
+    # ---------------------------------------------------------------- shutdown
+
+    @staticmethod
+    def _draining_error() -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            "the server is shutting down; retry on another replica",
+            code="draining",
+            headers={"Retry-After": "1"},
+        )
+
+    def open(self) -> None:
+        """Admit again (a new lifespan of the same app)."""
+        self.closed = self._aborted = False
+
+    def close(self) -> None:
+        """Admit nothing more: every request queued for admission fails with a 503 now, and so
+        does any later one. Idempotent."""
+        self.closed = True
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(self._draining_error())
 
     # ---------------------------------------------------------------- admission
 
@@ -78,7 +108,10 @@ class WorkGate:
         return not self.capacity or self.in_use + cost <= self.capacity
 
     def try_admit(self, cost: int) -> Ticket | None:
-        """A ticket if there is room now; None if the request must queue; 429 if it may not."""
+        """A ticket if there is room now; None if the request must queue; 429 if it may not;
+        503 once the gate is closed."""
+        if self.closed:
+            raise self._draining_error()
         self.check(cost)
         if not self._waiters and self._fits(cost):
             self._take(cost)
@@ -107,10 +140,13 @@ class WorkGate:
         except TimeoutError:
             if self._withdraw(entry):
                 self._reject()
+            failed = future.exception()  # closed just as the wait timed out
+            if failed is not None:
+                raise failed from None
             # granted just as the wait timed out: keep it
-        except BaseException:  # cancelled: the client left while queued
-            if not self._withdraw(entry):
-                self._release(cost)
+        except BaseException:  # cancelled (the client left while queued), or closed
+            if not self._withdraw(entry) and future.exception() is None:
+                self._release(cost)  # granted as it was cancelled: give it back
             raise
         finally:
             m.admission_queued.dec()
@@ -171,6 +207,9 @@ class WorkGate:
         return task
 
     async def _deadline(self, work: Coroutine[Any, Any, T]) -> T:
+        if self._aborted:  # granted before shutdown, started after abort_all: too late
+            work.close()
+            raise self._draining_error()
         if self.request_timeout is None:
             return await work
         try:
@@ -187,7 +226,9 @@ class WorkGate:
             ) from None
 
     async def abort_all(self, grace_s: float = 5.0) -> int:
-        """Cancel every task in flight (aborting its engine work); wait up to ``grace_s``."""
+        """Cancel every task in flight (aborting its engine work); wait up to ``grace_s``.
+        Work started after this (granted before the gate closed) is refused with a 503."""
+        self._aborted = True
         tasks = list(self.tasks)
         for t in tasks:
             t.cancel()

@@ -37,7 +37,7 @@ from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
 from .scorers import Scorer, build_scorer
-from .security import GuardMiddleware
+from .security import GuardMiddleware, error_response
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.draining = False
+        gate.open()
         gen, owned = generator, generator is None
         if gen is None:
             gen = build_generator(settings)
@@ -91,6 +92,7 @@ def create_app(
             yield
         finally:
             app.state.draining = True
+            gate.close()  # requests still queued for admission get their 503 now
             aborted = await gate.abort_all()  # what uvicorn's graceful period did not finish
             if aborted:
                 log.warning("aborted %d request(s) still in flight at shutdown", aborted)
@@ -126,13 +128,15 @@ async def drain(app: FastAPI, grace_s: float) -> None:
     finish, then abort the rest: their clients get a 503 (or a stream's error event)."""
     app.state.draining = True
     gate: WorkGate = app.state.gate
+    gate.close()  # what is queued for admission gets a 503 now, never a ticket
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
-    if gate.tasks:
+    if gate.tasks or gate.in_use:
         log.info("draining: %d request(s) in flight, %g s to finish", len(gate.tasks), grace_s)
-    while gate.tasks and loop.time() < deadline:
+    # in_use counts admissions granted but not yet started too: drain must not miss them
+    while (gate.tasks or gate.in_use) and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    if gate.tasks:
+    if gate.tasks or gate.in_use:
         log.warning("draining: aborting %d request(s) past the shutdown timeout", len(gate.tasks))
         await gate.abort_all()
 
@@ -177,7 +181,7 @@ def _tidy_openapi(app: FastAPI, *, bearer: bool, metrics_open: bool) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BonError)
     async def bon_error(request: Request, exc: BonError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

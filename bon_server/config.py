@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     upstream: str | None = Field(
         None, description="OpenAI base URL of a policy server, http://host:8000/v1 (no engine)"
     )
-    upstream_api_key: str | None = Field(None, description="Bearer key for --upstream")
+    upstream_api_key: str | None = Field(None, repr=False, description="Bearer key for --upstream")
     upstream_model: str | None = Field(
         None, description="model name to ask --upstream for (default: its first /v1/models entry)"
     )
@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     verifier_url: str | None = Field(
         None, description="base URL of a vLLM pooling server that scores (/classify, /pooling)"
     )
-    verifier_api_key: str | None = Field(None, description="Bearer key for --verifier-url")
+    verifier_api_key: str | None = Field(
+        None, repr=False, description="Bearer key for --verifier-url"
+    )
     verifier_model: str | None = Field(
         None, description="model name on --verifier-url (default: its first /v1/models entry)"
     )
@@ -141,7 +143,21 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys(cls, value: object) -> tuple[str, ...]:
-        keys = _string_list(value)
+        # only a single plain string (BON_API_KEYS) is comma-separated; keys given one by one
+        # (repeated --api-key, a list, a JSON list) are taken whole, and a comma in one is
+        # refused rather than silently making it two keys
+        if isinstance(value, str) and not value.strip().startswith("["):
+            keys = _string_list(value)
+        else:
+            if isinstance(value, str):
+                value = json.loads(value)
+            keys = [str(k).strip() for k in value]  # type: ignore[union-attr]
+            keys = [k for k in keys if k]
+            if any("," in k for k in keys):
+                raise ValueError(
+                    "an API key must not contain a comma; give each key separately "
+                    "(repeat --api-key) or as BON_API_KEYS=key1,key2"
+                )
         if any(any(ch.isspace() for ch in k) for k in keys):
             raise ValueError("API keys must not contain whitespace")
         return tuple(keys)

@@ -33,17 +33,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id_var
 from .errors import BonError, DeadlineExceededError
+from .security import send_error
 from .types import BestOfNResult, Prompt
 
 access_log = logging.getLogger("bon.access")
+log = logging.getLogger(__name__)
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 QUIET_PATHS = frozenset({"/health", "/metrics"})
 STATE_KEY = "bon_access"
 
 
 def accept_request_id(value: str | None) -> str:
-    if value and _SAFE_ID.match(value):
+    if value and _SAFE_ID.fullmatch(value):
         return value
     return uuid.uuid4().hex
 
@@ -145,7 +147,14 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:  # a CancelledError (shutdown cut it off) stays a 499
             failed = True
-            raise
+            if status["code"] is not None:  # mid-response: nothing more can be sent
+                raise
+            # answer here, inside this layer, so the 500 carries the request id (Starlette's
+            # ServerErrorMiddleware sits outside every user middleware and would not)
+            log.exception("unhandled error on %s", scope.get("path", ""))
+            if record.error is None:
+                record.error = "internal_error"
+            await send_error(send_with_id, BonError("internal server error"))
         finally:
             request_id_var.reset(token)
             code = status["code"]

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admission import Ticket, WorkGate
-from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .errors import BonError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .logs import AccessRecord, access_record, note_outcome
 from .pipeline import BestOfN, Plan
 from .protocol import (
@@ -250,7 +250,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     )
 
     async def work() -> list:
-        return list(await asyncio.gather(*(pipeline.run(plan) for plan in plans)))
+        return await _run_all([partial(pipeline.run, plan) for plan in plans])
 
     return await _serve(
         request,
@@ -264,9 +264,45 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     )
 
 
+async def _run_all(works: Sequence[Callable[[], Coroutine[Any, Any, T]]]) -> list[T]:
+    """Run every prompt's work at once; the first failure cancels the others (their engine
+    work is aborted, none outlives its ticket) and is raised as itself, so a ``BonError``
+    keeps its status."""
+    if len(works) == 1:
+        return [await works[0]()]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(w()) for w in works]
+    except BaseExceptionGroup as eg:
+        raise _first_error(eg) from None
+    return [t.result() for t in tasks]
+
+
+def _first_error(eg: BaseExceptionGroup) -> BaseException:
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(eg)
+    for leaf in leaves:  # a client's mistake (4xx) or a mapped failure says more than a crash
+        if isinstance(leaf, BonError):
+            return leaf
+    return leaves[0]
+
+
 def _model_card(settings: Any) -> ModelCard:
-    """The served model; its root is where it runs: the local path, or the upstream URL."""
-    return ModelCard(id=settings.model_name, created=0, root=settings.upstream or settings.model)
+    """The served model; its root is the local path in-process, or the upstream model's name
+    in proxy mode (never the upstream URL, which is internal and may carry credentials)."""
+    if settings.upstream is not None:
+        root = settings.upstream_model or settings.model_name
+    else:
+        root = settings.model
+    return ModelCard(id=settings.model_name, created=0, root=root)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=READ_ERRORS)

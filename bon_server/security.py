@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Sequence
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import (
@@ -63,16 +63,24 @@ def bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
+def error_response(exc: BonError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one serialisation of a ``BonError``: the exception handlers and the middlewares
+    (which answer before any route runs) all send these bytes."""
+    return JSONResponse(
+        exc.body(), status_code=exc.status_code, headers={**exc.headers, **(headers or {})}
+    )
+
+
 async def send_error(send: Send, exc: BonError, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(exc.body()).encode()
-    raw = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    for k, v in {**exc.headers, **(headers or {})}.items():
-        raw.append((k.lower().encode(), v.encode()))
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    response = error_response(exc, headers)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class GuardMiddleware:

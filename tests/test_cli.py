@@ -150,6 +150,19 @@ def test_api_key_is_repeatable():
     assert "BON_API_KEYS" in action.help
 
 
+def test_api_key_flag_with_a_comma_is_refused_not_split(capsys):
+    args = parse("--api-key", "abc,def")
+    assert args == {"api_keys": ["abc,def"]}
+    with pytest.raises(ValueError, match="must not contain a comma"):
+        Settings(**args)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--api-key", "sk-ok", "--api-key", "abc,def"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "api_keys" in err and "must not contain a comma" in err
+    assert "abc,def" not in err  # the key itself is not echoed
+
+
 def test_api_keys_from_env_are_comma_separated(monkeypatch):
     monkeypatch.setenv("BON_API_KEYS", "sk-a,sk-b")
     monkeypatch.setenv("BON_ANSWER_RULES", "boxed,last_number")

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import time
+import types
 
 import httpx
 import pytest
@@ -28,8 +29,14 @@ from asgi_app import (
 
 from bon_server.admission import WorkGate
 from bon_server.app import _aclose, drain
-from bon_server.errors import DeadlineExceededError, InvalidRequestError, RateLimitError
+from bon_server.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
+from bon_server.logs import accept_request_id
 from bon_server.metrics import Metrics
 
 # ---------------------------------------------------------------------- admission
@@ -465,3 +472,161 @@ def test_health_is_503_while_a_remote_verifier_does_not_answer():
             assert (await c.get("/health")).status_code == 200
 
     scenario(body)
+
+
+# ---------------------------------------------------------------------- review regressions
+
+
+class _PerPromptGenerator(ScriptedGenerator):
+    """Prompt "bad" fails with ``fail_with`` after a moment; every other prompt hangs."""
+
+    def __init__(self, fail_with: Exception) -> None:
+        super().__init__(TEXTS)
+        self.bad_error = fail_with
+
+    async def generate(self, request):
+        self.calls.append(request)
+        try:
+            if request.prompt.text == "bad":
+                await asyncio.sleep(0.05)
+                raise self.bad_error
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(InvalidRequestError("bad prompt", param="prompt"), 400), (RuntimeError("boom"), 500)],
+)
+def test_one_failing_prompt_cancels_the_other_prompts(error, status):
+    metrics = Metrics()
+    gen = _PerPromptGenerator(error)
+    app = app_with(gen, metrics=metrics, max_best_of=8)
+
+    async def run():
+        async with running(app) as c:
+            r = await c.post("/v1/completions", json={"prompt": ["bad", "ok"], "best_of": 8})
+            err = openai_error(r, status)
+            if status == 400:  # the BonError keeps its status and message through the group
+                assert err["message"] == "bad prompt" and err["param"] == "prompt"
+            assert len(gen.calls) == 2
+            assert gen.cancelled == 1  # the hanging prompt was aborted, not left running
+            assert not app.state.gate.tasks and app.state.gate.in_use == 0
+
+    scenario(run)
+    assert sample(metrics, "bon_sequences_in_flight") == 0
+
+
+def test_drain_refuses_requests_queued_for_admission():
+    metrics = Metrics()
+    gen = ScriptedGenerator(TEXTS, delay_s=30)
+    app = app_with(
+        gen, metrics=metrics, max_sequences_in_flight=8, max_best_of=8, admission_timeout=10
+    )
+
+    async def run():
+        async with running(app) as c:
+            a = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat_body(best_of=8)))
+            await wait_until(lambda: len(gen.calls) == 1)
+            b = asyncio.ensure_future(c.post("/v1/chat/completions", json=chat_body(best_of=8)))
+            await wait_until(lambda: sample(metrics, "bon_admission_queue_length") == 1)
+            await drain(app, grace_s=0.2)
+            assert openai_error(await a, 503)["code"] == "draining"
+            rb = await b
+            assert openai_error(rb, 503)["code"] == "draining"
+            assert rb.headers["retry-after"] == "1"
+            await asyncio.sleep(0.05)
+            assert len(gen.calls) == 1  # B never started engine work
+
+    scenario(run)
+    assert sample(metrics, "bon_sequences_in_flight") == 0
+    assert sample(metrics, "bon_admission_queue_length") == 0
+
+
+def test_closed_gate_fails_waiters_and_refuses_new_admissions():
+    async def run():
+        gate = WorkGate(max_sequences=2, admission_timeout=10)
+        held = gate.try_admit(2)
+        waiter = asyncio.ensure_future(gate.admit(1))
+        await wait_until(lambda: len(gate._waiters) == 1)
+        gate.close()
+        with pytest.raises(ServiceUnavailableError) as info:
+            await waiter
+        assert info.value.code == "draining" and info.value.headers == {"Retry-After": "1"}
+        with pytest.raises(ServiceUnavailableError):
+            gate.try_admit(1)
+        held.release()
+        assert gate.in_use == 0 and not gate._waiters
+
+    scenario(run)
+
+
+def test_drain_waits_for_admissions_granted_but_not_started():
+    async def run():
+        gate = WorkGate(max_sequences=4)
+        app = types.SimpleNamespace(state=types.SimpleNamespace(gate=gate, draining=False))
+        ticket = gate.try_admit(1)  # granted; its task not started yet
+        draining = asyncio.ensure_future(drain(app, grace_s=5))
+        await asyncio.sleep(0.15)
+        assert not draining.done()  # gate.tasks is empty, yet drain must not return
+        ran = []
+
+        async def work():
+            ran.append(1)
+
+        await gate.start(work(), ticket)
+        await asyncio.wait_for(draining, 2)
+        assert ran == [1] and gate.in_use == 0
+
+    scenario(run)
+
+
+def test_work_started_after_abort_is_refused():
+    async def run():
+        gate = WorkGate(max_sequences=4)
+        ticket = gate.try_admit(1)
+        gate.close()
+        await gate.abort_all()
+
+        async def work():
+            raise AssertionError("must not run")
+
+        with pytest.raises(ServiceUnavailableError):
+            await gate.start(work(), ticket)
+        assert gate.in_use == 0
+
+    scenario(run)
+
+
+def test_unhandled_error_500_carries_the_request_id(caplog):
+    caplog.set_level(logging.INFO, logger="bon.access")
+    gen = ScriptedGenerator(TEXTS, fail_with=RuntimeError("engine exploded"))
+
+    async def run():
+        async with running(app_with(gen)) as c:
+            r = await c.post(
+                "/v1/chat/completions", json=chat_body(), headers={"X-Request-Id": "abc123"}
+            )
+            err = openai_error(r, 500)
+            assert err == {
+                "message": "internal server error",
+                "type": "internal_error",
+                "param": None,
+                "code": None,
+            }
+            assert r.headers["x-request-id"] == "abc123"
+
+    scenario(run)
+    lines = access_lines(caplog)
+    assert [(x["id"], x["status"]) for x in lines] == [("abc123", 500)]
+    assert any(r.name == "bon_server.logs" and r.exc_info for r in caplog.records)
+
+
+def test_request_id_with_a_trailing_newline_is_replaced():
+    assert accept_request_id("abc") == "abc"
+    for bad in ("abc\n", "abc\r\n", "\nabc", ""):
+        minted = accept_request_id(bad)
+        assert minted != bad and len(minted) == 32

@@ -85,7 +85,7 @@ def test_api_keys_from_env_and_settings(monkeypatch):
     monkeypatch.setenv("BON_API_KEYS", json.dumps([KEY]))
     assert Settings().api_keys == (KEY,)
     monkeypatch.delenv("BON_API_KEYS")
-    assert Settings(api_keys=["a,b", "c"]).api_keys == ("a", "b", "c")
+    assert Settings(api_keys=["a", "c"]).api_keys == ("a", "c")
     assert KEY not in repr(Settings(api_keys=[KEY]))
     with pytest.raises(ValueError, match="whitespace"):
         Settings(api_keys=["two words"])
@@ -206,3 +206,66 @@ def test_settings_refuse_an_admission_bound_below_max_best_of():
     with pytest.raises(ValueError, match="could never be admitted"):
         Settings(max_sequences_in_flight=16, max_best_of=64)
     assert Settings(max_sequences_in_flight=0, max_best_of=64).max_sequences_in_flight == 0
+
+
+def test_keys_given_one_by_one_are_not_split_on_commas(monkeypatch):
+    for value in (["abc,def"], ("abc,def", "ghi"), '["abc,def"]'):
+        with pytest.raises(ValueError, match="must not contain a comma"):
+            Settings(api_keys=value)
+    monkeypatch.setenv("BON_API_KEYS", '["abc,def"]')
+    with pytest.raises(ValueError, match="must not contain a comma"):
+        Settings()
+    monkeypatch.setenv("BON_API_KEYS", "abc,def")  # the one comma-separated form
+    assert Settings().api_keys == ("abc", "def")
+
+
+def test_backend_keys_stay_out_of_repr():
+    settings = Settings(upstream_api_key="sk-upstream-x", verifier_api_key="sk-verifier-y")
+    assert "sk-upstream-x" not in repr(settings) and "sk-verifier-y" not in repr(settings)
+    assert "sk-upstream-x" not in str(settings)
+    assert settings.upstream_api_key == "sk-upstream-x"
+
+
+def test_model_card_root_hides_the_upstream_url():
+    url = "http://user:s3cret@10.0.0.5:8000/v1"
+
+    async def run():
+        for settings, root in (
+            ({"upstream": url, "upstream_model": "org/policy"}, "org/policy"),
+            ({"upstream": url, "served_model_name": "bon"}, "bon"),
+        ):
+            async with running(app_with(**settings)) as c:
+                for path in (
+                    "/v1/models",
+                    f"/v1/models/{settings.get('served_model_name', 'org/policy')}",
+                ):
+                    r = await c.get(path)
+                    assert r.status_code == 200, r.text
+                    assert "s3cret" not in r.text and "10.0.0.5" not in r.text
+                    card = r.json()["data"][0] if "data" in r.json() else r.json()
+                    assert card["root"] == root
+        async with running(app_with(model="/models/local-policy")) as c:  # in-process: the path
+            assert (await c.get("/v1/models")).json()["data"][0]["root"] == "/models/local-policy"
+
+    scenario(run)
+
+
+def test_error_bodies_are_serialised_the_same_by_middleware_and_handlers():
+    async def run():
+        async with running(app_with(api_keys=(KEY,))) as c:
+            guard = await c.post("/v1/chat/completions", json=chat_body())  # 401, middleware
+            routed = await c.post(  # 404 unknown model, BonError handler
+                "/v1/chat/completions",
+                json=chat_body(model="nope"),
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+        for r, status in ((guard, 401), (routed, 404)):
+            openai_error(r, status)
+            assert r.headers["content-type"] == "application/json"
+            assert (
+                r.content
+                == json.dumps(r.json(), ensure_ascii=False, separators=(",", ":")).encode()
+            )
+            assert int(r.headers["content-length"]) == len(r.content)
+
+    scenario(run)
