@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admission import Ticket, WorkGate
-from .errors import BonError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .concurrency import run_all
+from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from .logs import AccessRecord, access_record, note_outcome
 from .pipeline import BestOfN, Plan
 from .protocol import (
@@ -250,7 +251,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     )
 
     async def work() -> list:
-        return await _run_all([partial(pipeline.run, plan) for plan in plans])
+        return await run_all([partial(pipeline.run, plan) for plan in plans])
 
     return await _serve(
         request,
@@ -262,37 +263,6 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         full=lambda results: completion_response(results, meta, echo).model_dump(),
         chunks=lambda results: completion_chunks(results, meta, echo),
     )
-
-
-async def _run_all(works: Sequence[Callable[[], Coroutine[Any, Any, T]]]) -> list[T]:
-    """Run every prompt's work at once; the first failure cancels the others (their engine
-    work is aborted, none outlives its ticket) and is raised as itself, so a ``BonError``
-    keeps its status."""
-    if len(works) == 1:
-        return [await works[0]()]
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(w()) for w in works]
-    except BaseExceptionGroup as eg:
-        raise _first_error(eg) from None
-    return [t.result() for t in tasks]
-
-
-def _first_error(eg: BaseExceptionGroup) -> BaseException:
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for sub in e.exceptions:
-                walk(sub)
-        else:
-            leaves.append(e)
-
-    walk(eg)
-    for leaf in leaves:  # a client's mistake (4xx) or a mapped failure says more than a crash
-        if isinstance(leaf, BonError):
-            return leaf
-    return leaves[0]
 
 
 def _model_card(settings: Any) -> ModelCard:

@@ -36,8 +36,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..concurrency import run_all
 from ..errors import UpstreamError
 from ..types import Candidate, Prompt
 from ..upstream_client import ModelResolver, RemoteServer
@@ -118,27 +120,16 @@ class _RemoteScorer:
             return data
 
         chunks = [inputs[i : i + self.batch_size] for i in range(0, len(inputs), self.batch_size)]
-        try:
-            # The first failure cancels the sibling calls still running (their
-            # connections close, so vLLM aborts them) instead of leaving them to run on.
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(call(c)) for c in chunks]
-        except BaseExceptionGroup as failures:
-            first = _first_leaf(failures)
-            raise first from first.__cause__  # one BonError, so it maps to its status
-        return [row for task in tasks for row in task.result()]
+        # The first failure cancels the sibling calls still running (their connections close,
+        # so vLLM aborts them) instead of leaving them to run on.
+        rows = await run_all([partial(call, c) for c in chunks])
+        return [row for chunk_rows in rows for row in chunk_rows]
 
     async def check_health(self) -> None:
         await self.models.check()
 
     async def aclose(self) -> None:
         await self.remote.aclose()
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    """The first exception in a (possibly nested) exception group."""
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _load_tokenizer(path: str, trust_remote_code: bool = False) -> tuple[Any, dict[str, Any]]:
