@@ -38,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 from .errors import (
     BonError,
@@ -112,6 +115,28 @@ class RemoteServer:
             transport=transport,
         )
         self.attempts = 0  # every HTTP attempt made, retries included (tests read it)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        base_url: str,
+        *,
+        name: str,
+        api_key: str | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> RemoteServer:
+        """A server reached with the settings' timeouts, retries and pool size."""
+        return cls(
+            base_url,
+            name=name,
+            api_key=api_key,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.upstream_connect_timeout,
+            retries=settings.upstream_retries,
+            max_connections=settings.upstream_max_connections,
+            transport=transport,
+        )
 
     async def get(self, path: str, **kwargs: Any) -> Any:
         return await self.request("GET", path, **kwargs)

@@ -75,14 +75,8 @@ class UpstreamGenerator:
         cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
     ) -> UpstreamGenerator:
         assert settings.upstream is not None
-        remote = RemoteServer(
-            settings.upstream,
-            name="upstream",
-            api_key=settings.upstream_api_key,
-            timeout=settings.upstream_timeout,
-            connect_timeout=settings.upstream_connect_timeout,
-            retries=settings.upstream_retries,
-            max_connections=settings.upstream_max_connections,
+        remote = RemoteServer.from_settings(
+            settings, settings.upstream, name="upstream", api_key=settings.upstream_api_key,
             transport=transport,
         )
         return cls(

@@ -63,15 +63,8 @@ def verifier_server(
     """The pooling server's root URL: ``/classify`` and ``/pooling`` are not under ``/v1``."""
     assert settings.verifier_url is not None
     root = settings.verifier_url.rstrip("/").removesuffix("/v1")
-    return RemoteServer(
-        root,
-        name="verifier",
-        api_key=settings.verifier_api_key,
-        timeout=settings.upstream_timeout,
-        connect_timeout=settings.upstream_connect_timeout,
-        retries=settings.upstream_retries,
-        max_connections=settings.upstream_max_connections,
-        transport=transport,
+    return RemoteServer.from_settings(
+        settings, root, name="verifier", api_key=settings.verifier_api_key, transport=transport
     )
 
 
