@@ -122,6 +122,29 @@ def resolve_steps(args: argparse.Namespace, n_train: int) -> int:
     return max(1, math.ceil(args.epochs * n_train / args.batch_size))
 
 
+def add_training_args(p: argparse.ArgumentParser, batch_help: str) -> None:
+    """The optimisation and machine flags train-orm and train-prm share."""
+    # optimisation
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (if --steps 0)")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
+    p.add_argument("--batch-size", type=int, default=64, help=batch_help)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: none)")
+    p.add_argument("--bucket", type=int, default=8,
+                   help="sort this many batches' worth of examples by length, then batch")
+    # machine
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--time-budget-min", type=float, default=0.0,
+                   help="stop early once training has run this many minutes (0: no limit); the "
+                        "lr schedule stays the one for --steps, and the stop is recorded")
+    p.add_argument("--eval-batch-size", type=int, default=128, help="batch size for validation")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+
+
 def save_run(out: str, model: Any, tokenizer: Any, record: dict[str, Any]) -> None:
     """The HF directory: weights, tokenizer (chat template inside), training_config.json."""
     os.makedirs(out, exist_ok=True)
@@ -209,30 +232,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train on every record (default: one example per distinct completion of "
                         "a problem; its label is a function of the text, so copies add no "
                         "information, only cost)")
-    # optimisation
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (if --steps 0)")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: none)")
+    add_training_args(p, batch_help="examples per step")
     p.add_argument("--pos-weight", type=float, default=1.0,
                    help="BCE weight of the positive (correct) class")
     p.add_argument("--pairwise-weight", type=float, default=0.0,
                    help="add this times a Bradley-Terry loss over (correct, incorrect) pairs of "
                         "the same problem; batches then hold whole problems (0: BCE only)")
-    p.add_argument("--bucket", type=int, default=8,
-                   help="sort this many batches' worth of examples by length, then batch")
-    # machine
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--time-budget-min", type=float, default=0.0,
-                   help="stop early once training has run this many minutes (0: no limit); the "
-                        "lr schedule stays the one for --steps, and the stop is recorded")
-    p.add_argument("--eval-batch-size", type=int, default=128, help="batch size for validation")
-    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
 
 

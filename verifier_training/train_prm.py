@@ -39,6 +39,7 @@ from verifier_training.evaluate import first_error_f1
 from verifier_training.records import StepLabelRecord, first_error, read_labels
 from verifier_training.train_orm import (
     DEFAULT_POLICY,
+    add_training_args,
     length_batches,
     load_tokenizer,
     lr_factor,
@@ -129,25 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-duplicates", action="store_true",
                    help="train on every label record (default: once per distinct step list of "
                         "a problem)")
-    # optimisation
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (if --steps 0)")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
-    p.add_argument("--batch-size", type=int, default=64, help="examples (solutions) per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0: none)")
-    p.add_argument("--bucket", type=int, default=8,
-                   help="sort this many batches' worth of examples by length, then batch")
-    # machine
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--time-budget-min", type=float, default=0.0,
-                   help="stop early once training has run this many minutes (0: no limit); the "
-                        "lr schedule stays the one for --steps, and the stop is recorded")
-    p.add_argument("--eval-batch-size", type=int, default=128, help="batch size for validation")
-    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    add_training_args(p, batch_help="examples (solutions) per step")
     return p.parse_args(argv)
 
 
