@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -55,9 +56,7 @@ def plot_accuracy(reports: Sequence[dict], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_latency(reports: Sequence[dict], path: Path) -> None:
@@ -95,9 +94,7 @@ def plot_latency(reports: Sequence[dict], path: Path) -> None:
         ax.set_title(f"concurrency {level}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_pareto(reports: Sequence[dict], path: Path) -> None:
@@ -117,6 +114,10 @@ def plot_pareto(reports: Sequence[dict], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
