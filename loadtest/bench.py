@@ -128,18 +128,18 @@ def _add(side: Side, r: Any) -> None:
         side.failed += 1
 
 
+def _spec_kw(args: Any, best_of: int, selector: str | None) -> dict:
+    """The server side's RequestSpec fields (the seed is added per request)."""
+    return dict(best_of=best_of, max_tokens=args.max_tokens, temperature=args.temperature,
+                selector=selector, return_candidates=False)
+
+
 async def _interleaved_latency(
     client, endpoint, floor: Floor, items, n, args, selector: str | None
 ) -> tuple[Side, Side]:
     """Concurrency 1, one request at a time, alternating which side goes first."""
     server, bare = Side([]), Side([])
-    spec_kw = dict(
-        best_of=n,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        selector=selector,
-        return_candidates=False,
-    )
+    spec_kw = _spec_kw(args, n, selector)
     for i, item in enumerate(items):
         order = ("floor", "server") if i % 2 == 0 else ("server", "floor")
         for who in order:
@@ -187,14 +187,9 @@ async def measure(args: argparse.Namespace, out: Path) -> dict:
             await floor.cell(
                 burst, n, args.concurrency, args.max_tokens, args.temperature, burst_seeds
             )
-            warm_kw = dict(
-                best_of=n,
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-                selector="majority",
-                return_candidates=False,
-            )
-            await _server_cell(client, endpoint, burst, warm_kw, args.concurrency, burst_seeds)
+            # one request shape for the warm-up burst and the throughput rounds
+            spec_kw = _spec_kw(args, n, "majority")
+            await _server_cell(client, endpoint, burst, spec_kw, args.concurrency, burst_seeds)
             _progress("warm-up done")
 
             s16, f16 = await _interleaved_latency(
@@ -212,13 +207,6 @@ async def measure(args: argparse.Namespace, out: Path) -> dict:
                 f"floor p50 {f1.p(50) * 1e3:.0f} ms"
             )
 
-            spec_kw = dict(
-                best_of=n,
-                max_tokens=args.max_tokens,
-                temperature=args.temperature,
-                selector="majority",
-                return_candidates=False,
-            )
             seeds = list(range(1000, 1000 + len(tp_items)))
             tp_server, tp_floor = Side([]), Side([])
             before = await scrape(client, endpoint)
