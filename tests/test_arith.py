@@ -140,3 +140,6 @@ def test_step_arithmetic_ok_checks_each_operation_alone():
     assert step_arithmetic_ok("-28 + 5 = -23") is True
     assert step_arithmetic_ok("11 * 13 = 143") is True  # operands are not checked
     assert step_arithmetic_ok("= 17 + 92") is None
+    # a checker that knows only + and -: multiplication lines are another shape to it
+    assert step_arithmetic_ok("19 * 13 = 248", ops="+-") is None
+    assert step_arithmetic_ok("29 - 8 = 19", ops="+-") is False

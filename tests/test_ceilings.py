@@ -57,4 +57,7 @@ def test_ceilings_table_on_a_few_records(tmp_path, capsys):
     # the exact checker always finds a correct candidate when there is one
     assert result["curve"]["exact_step_checker"]["4"] == 1.0
     assert result["curve"]["oracle"]["4"] == 1.0
+    # the add/sub checker is blind to the corrupted `17 * 4` line, not to the `5 + 9` one
+    curve = result["curve"]
+    assert curve["addsub_step_checker"]["2"] < curve["exact_step_checker"]["2"]
     assert "policy_mean_logprob" in capsys.readouterr().out

@@ -9,6 +9,9 @@ subset draws as ``evaluate``:
     exact_step_checker     argmax of "every ``a op b = c`` line is arithmetically right"
                            (``tasks.arith.step_arithmetic_ok``): a perfect arithmetic PRM
     weighted_majority_exact  answer with the most candidates that pass the checker
+    addsub_step_checker    the exact checker on ``+``/``-`` lines only, ``*`` lines taken as
+                           right: a verifier that has learned addition and subtraction but
+                           not multiplication
     policy_mean_logprob    argmax of the policy's mean token log-probability (what the
                            server's ``logprob`` selector does)
     policy_greedy_steps    argmax of "every result the candidate wrote is the policy's own
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         groups.setdefault(r.problem_id, []).append({
             "answer": r.answer, "correct": r.correct, "mean_lp": mean_lp,
             "exact": float(all(c is not False for c in checks)),
+            "addsub": float(all(step_arithmetic_ok(step, ops="+-") is not False
+                                for step in split_steps(r.completion))),
             "greedy": float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
         })
 
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "majority": pick(majority, None),
         "exact_step_checker": pick(verifier, "exact"),
         "weighted_majority_exact": pick(weighted_majority, "exact"),
+        "addsub_step_checker": pick(verifier, "addsub"),
         "policy_mean_logprob": pick(verifier, "mean_lp"),
         "policy_greedy_steps": pick(verifier, "greedy"),
         "oracle": lambda cands: float(any(c["correct"] for c in cands)),

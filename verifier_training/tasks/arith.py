@@ -117,15 +117,16 @@ def sample_problems(n: int, seed: int) -> list[Problem]:
 _STEP = re.compile(r"^\s*(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\s*$")
 
 
-def step_arithmetic_ok(step: str) -> bool | None:
-    """Is ``a op b = c`` arithmetically right? None for a line of another shape.
+def step_arithmetic_ok(step: str, ops: str | tuple[str, ...] = OPS) -> bool | None:
+    """Is ``a op b = c`` arithmetically right? None for a line of another shape, or whose
+    operator is not among ``ops`` (a checker that knows only some operations).
 
     It does not check that ``a`` and ``b`` are the right operands (whether the step follows
     the expression); on this policy's samples nearly every wrong answer has a line where
     this returns False.
     """
     match = _STEP.match(step)
-    if not match:
+    if not match or match[2] not in ops:
         return None
     a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
     return (a * b if op == "*" else a + b if op == "+" else a - b) == c
