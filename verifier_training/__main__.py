@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-prm": ("verifier_training.train_prm", "train a process reward model on step labels"),
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
     "ceilings": ("verifier_training.ceilings", "Best-of-N ceilings: exact step checker, policy"),
+    "probe-steps": ("verifier_training.probe_steps", "how learnable one-step checking is: AUC"),
     "export": ("verifier_training.export", "RSFT, DPO, ORM and PRM data sets from records"),
     "pipeline": ("verifier_training.run_pipeline", "sample -> label -> train ORM/PRM -> evaluate"),
 }

@@ -1,0 +1,209 @@
+"""How learnable is checking one step here? A token classifier on isolated ``a op b = c`` lines.
+
+    python -m verifier_training probe-steps --train runs/arith/train_samples.jsonl \\
+        --eval runs/arith/eval_samples.jsonl --ops +- --arch policy --minutes 5
+
+Every arithmetic line of the training records is one example, ``<bos>a op b = c<|step|>`` in the
+policy's tokenizer, labelled by the task's exact checker (``tasks.arith.step_arithmetic_ok``);
+a 2-class head reads the tag, as the PRM's does. The held-out lines (every arithmetic line of
+``--eval``, weighted by how often the policy wrote it) are scored every ``--eval-every-min``:
+ROC AUC per operator, on all held-out lines and on the ones never seen verbatim in training.
+
+This isolates the hard part of a PRM in the arithmetic world, checking one operation, from
+everything else a PRM does (context, step position, labels after the first error). If this
+probe cannot separate right from wrong lines within the training budget, a PRM trained on whole
+solutions in the same budget will not either. ``--arch``: ``policy`` (the policy's weights, a
+new head: what ``train-prm`` starts from), ``llama`` (the policy's architecture from scratch,
+``--layers`` deep), ``bert`` (a bidirectional encoder from scratch, where every digit can see
+where its number ends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bon_server.scorers.steps import split_steps
+from verifier_training.records import read_samples, write_json
+from verifier_training.tasks.arith import OPS, step_arithmetic_ok
+from verifier_training.train_orm import DEFAULT_POLICY, load_tokenizer, pad
+from verifier_training.train_prm import FMT, add_step_token
+
+Line = tuple[str, bool, str]  # (line, arithmetically right, operator)
+
+
+def arithmetic_lines(records: Sequence[Any], ops: str) -> list[Line]:
+    """Every ``a op b = c`` line (op in ``ops``) of every record, with its exact label."""
+    out = []
+    for r in records:
+        for step in split_steps(r.completion):
+            ok = step_arithmetic_ok(step, ops=ops)
+            if ok is not None:
+                op = next(c for c in step.split(" = ")[0].split() if c in OPS)
+                out.append((step.strip(), ok, op))
+    return out
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """P(a random positive scores above a random negative), ties counted half; None if one
+    class is missing."""
+    n_pos = sum(labels)
+    n_neg = len(labels) - n_pos
+    if not n_pos or not n_neg:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):  # average ranks (1-based) over runs of equal scores
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mid = (i + j) / 2 + 1
+        rank_sum += sum(mid for k in range(i, j + 1) if labels[order[k]])
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def build_model(arch: str, init: str, layers: int | None, vocab: int, pad_id: int) -> Any:
+    from transformers import (
+        AutoConfig,
+        AutoModelForTokenClassification,
+        BertConfig,
+        BertForTokenClassification,
+    )
+
+    if arch == "policy":
+        model = AutoModelForTokenClassification.from_pretrained(init, num_labels=2,
+                                                                dtype=torch.float32)
+        model.resize_token_embeddings(vocab)
+        return model
+    base = AutoConfig.from_pretrained(init)
+    if arch == "llama":
+        base.num_hidden_layers = layers or base.num_hidden_layers
+        base.vocab_size, base.num_labels, base.pad_token_id = vocab, 2, pad_id
+        return AutoModelForTokenClassification.from_config(base)
+    return BertForTokenClassification(BertConfig(
+        vocab_size=vocab, hidden_size=base.hidden_size, intermediate_size=base.intermediate_size,
+        num_attention_heads=base.num_attention_heads, num_hidden_layers=layers or base.num_hidden_layers,
+        max_position_embeddings=base.max_position_embeddings, pad_token_id=pad_id, num_labels=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m verifier_training probe-steps",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--train", nargs="+", required=True, help="SampleRecord JSONL file(s)")
+    p.add_argument("--eval", required=True, help="held-out SampleRecord JSONL")
+    p.add_argument("--ops", default="".join(OPS), help="operators whose lines are used (+-*)")
+    p.add_argument("--arch", choices=["policy", "llama", "bert"], default="policy")
+    p.add_argument("--init", default=DEFAULT_POLICY, help="the policy (weights, config, tokenizer)")
+    p.add_argument("--layers", type=int, default=None, help="depth for llama/bert (default: the "
+                                                            "policy's)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--eval-every-min", type=float, default=2.5, help="minutes between scorings")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
+    p.add_argument("--batch-size", type=int, default=256, help="lines per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    tokenizer = load_tokenizer(args.init)
+    add_step_token(tokenizer)
+    tag = tokenizer.convert_tokens_to_ids(FMT.tag)
+
+    train = [x for path in args.train for x in arithmetic_lines(read_samples(path), args.ops)]
+    held_out = Counter(arithmetic_lines(read_samples(args.eval), args.ops))
+    if not train or not held_out:
+        raise SystemExit("no arithmetic lines with those operators in --train or --eval")
+    seen = {line for line, _, _ in train}
+    unseen_share = sum(n for (line, _, _), n in held_out.items() if line not in seen) / sum(
+        held_out.values())
+    print(f"train lines {len(train)} (wrong {sum(not ok for _, ok, _ in train) / len(train):.3f}, "
+          f"distinct {len(seen)}); held-out lines {sum(held_out.values())} (distinct "
+          f"{len(held_out)}, never seen in training {unseen_share:.3f})")
+
+    model = build_model(args.arch, args.init, args.layers, len(tokenizer), tokenizer.pad_token_id)
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
+                                  weight_decay=0.01)
+    cache: dict[str, list[int]] = {}
+
+    def encode(line: str) -> list[int]:
+        if line not in cache:
+            cache[line] = [tokenizer.bos_token_id,
+                           *tokenizer(line, add_special_tokens=False)["input_ids"], tag]
+        return cache[line]
+
+    def tag_logits(lines: Sequence[str]) -> torch.Tensor:
+        ids = pad([encode(s) for s in lines], tokenizer.pad_token_id)
+        mask = (ids != tokenizer.pad_token_id).long()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return logits[torch.arange(len(lines)), mask.sum(1) - 1]
+
+    def score_held_out() -> dict[str, float | None]:
+        model.eval()
+        distinct = list(held_out)
+        margin: dict[Line, float] = {}
+        with torch.no_grad():
+            for start in range(0, len(distinct), 1024):
+                chunk = distinct[start : start + 1024]
+                lg = tag_logits([s for s, _, _ in chunk])
+                margin.update(zip(chunk, (lg[:, 1] - lg[:, 0]).tolist(), strict=True))
+        model.train()
+        result = {}
+        for name, keep in [*((op, lambda x, op=op: x[2] == op) for op in args.ops),
+                           ("all", lambda x: True), ("unseen", lambda x: x[0] not in seen)]:
+            xs = [(margin[x], x[1]) for x, n in held_out.items() if keep(x) for _ in range(n)]
+            auc = roc_auc([m for m, _ in xs], [ok for _, ok in xs])
+            result[name] = None if auc is None else round(auc, 4)
+        return result
+
+    print(f"{args.arch}: {n_params} parameters; held-out ROC AUC (right vs wrong lines):")
+    columns = [*args.ops, "all", "unseen"]
+    print(f"{'min':>5} {'steps':>6} {'loss':>7}  " + "  ".join(f"{c:>6}" for c in columns))
+    history = []
+    start, steps, smooth, next_eval = time.time(), 0, None, args.eval_every_min
+    model.train()
+    while True:
+        elapsed = (time.time() - start) / 60
+        if elapsed >= next_eval or elapsed >= args.minutes:
+            aucs = score_held_out()
+            history.append({"minutes": round(elapsed, 2), "steps": steps,
+                            "loss": None if smooth is None else round(smooth, 4), "auc": aucs})
+            print(f"{elapsed:5.1f} {steps:6d} {smooth or float('nan'):7.4f}  "
+                  + "  ".join(f"{aucs[c] if aucs[c] is not None else float('nan'):6.3f}"
+                              for c in columns), flush=True)
+            next_eval += args.eval_every_min
+            if elapsed >= args.minutes:
+                break
+        batch = [train[rng.randrange(len(train))] for _ in range(args.batch_size)]
+        loss = F.cross_entropy(tag_logits([s for s, _, _ in batch]),
+                               torch.tensor([int(ok) for _, ok, _ in batch]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        smooth = loss.item() if smooth is None else 0.97 * smooth + 0.03 * loss.item()
+    if args.out:
+        write_json(args.out, {"flags": vars(args), "parameters": n_params,
+                              "train_lines": len(train), "held_out_lines": sum(held_out.values()),
+                              "held_out_unseen_share": round(unseen_share, 4),
+                              "history": history})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
