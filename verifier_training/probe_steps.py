@@ -90,7 +90,8 @@ def build_model(arch: str, init: str, layers: int | None, vocab: int, pad_id: in
         return AutoModelForTokenClassification.from_config(base)
     return BertForTokenClassification(BertConfig(
         vocab_size=vocab, hidden_size=base.hidden_size, intermediate_size=base.intermediate_size,
-        num_attention_heads=base.num_attention_heads, num_hidden_layers=layers or base.num_hidden_layers,
+        num_attention_heads=base.num_attention_heads,
+        num_hidden_layers=layers or base.num_hidden_layers,
         max_position_embeddings=base.max_position_embeddings, pad_token_id=pad_id, num_labels=2,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
 
