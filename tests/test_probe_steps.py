@@ -34,7 +34,7 @@ def test_arithmetic_lines_labels_and_filters():
     assert [op for _, _, op in arithmetic_lines([r], "+-")] == ["+", "-"]
 
 
-@pytest.mark.parametrize("arch", ["bert", "policy"])
+@pytest.mark.parametrize("arch", ["bert", "llama", "policy"])
 def test_probe_learns_an_easy_tell(tmp_path, arch, capsys):
     # every wrong line has a negative result, every right one a positive result: a tell that a
     # few seconds of training must find (AUC near 1), read the right way round (not near 0)
