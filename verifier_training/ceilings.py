@@ -118,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         s = stats[(r.question, r.completion)]
         mean_lp = sum(lp for lp, _ in s) / max(1, len(s))
-        checks = [step_arithmetic_ok(step) for step in split_steps(r.completion)]
+        steps = split_steps(r.completion)
+        checks = [step_arithmetic_ok(step) for step in steps]
         groups.setdefault(r.problem_id, []).append({
             "answer": r.answer, "correct": r.correct, "mean_lp": mean_lp,
             "exact": float(all(c is not False for c in checks)),
             "addsub": float(all(step_arithmetic_ok(step, ops="+-") is not False
-                                for step in split_steps(r.completion))),
+                                for step in steps)),
             "greedy": float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
         })
 
