@@ -30,7 +30,7 @@ from .errors import (
     DeadlineExceededError,
     InvalidRequestError,
     RateLimitError,
-    ServiceUnavailableError,
+    draining_error,
 )
 from .metrics import Metrics
 
@@ -73,14 +73,6 @@ class WorkGate:
 
     # ---------------------------------------------------------------- shutdown
 
-    @staticmethod
-    def _draining_error() -> ServiceUnavailableError:
-        return ServiceUnavailableError(
-            "the server is shutting down; retry on another replica",
-            code="draining",
-            headers={"Retry-After": "1"},
-        )
-
     def open(self) -> None:
         """Admit again (a new lifespan of the same app)."""
         self.closed = self._aborted = False
@@ -92,7 +84,7 @@ class WorkGate:
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():
-                future.set_exception(self._draining_error())
+                future.set_exception(draining_error())
 
     # ---------------------------------------------------------------- admission
 
@@ -111,7 +103,7 @@ class WorkGate:
         """A ticket if there is room now; None if the request must queue; 429 if it may not;
         503 once the gate is closed."""
         if self.closed:
-            raise self._draining_error()
+            raise draining_error()
         self.check(cost)
         if not self._waiters and self._fits(cost):
             self._take(cost)
@@ -209,7 +201,7 @@ class WorkGate:
     async def _deadline(self, work: Coroutine[Any, Any, T]) -> T:
         if self._aborted:  # granted before shutdown, started after abort_all: too late
             work.close()
-            raise self._draining_error()
+            raise draining_error()
         if self.request_timeout is None:
             return await work
         try:

@@ -116,3 +116,12 @@ STATUS_TYPES = {
 
 def type_for_status(status: int) -> str:
     return STATUS_TYPES.get(status, "internal_error" if status >= 500 else "invalid_request_error")
+
+
+def draining_error() -> ServiceUnavailableError:
+    """What every request meets while the server shuts down (new work, queued work, /health)."""
+    return ServiceUnavailableError(
+        "the server is shutting down; retry on another replica",
+        code="draining",
+        headers={"Retry-After": "1"},
+    )

@@ -26,7 +26,7 @@ from .errors import (
     AuthenticationError,
     BonError,
     PayloadTooLargeError,
-    ServiceUnavailableError,
+    draining_error,
 )
 from .metrics import Metrics
 
@@ -105,10 +105,7 @@ class GuardMiddleware:
             return
         path = scope.get("path", "")
         if path in WORK_PATHS and getattr(scope["app"].state, "draining", False):
-            exc = ServiceUnavailableError(
-                "the server is shutting down; retry on another replica", code="draining"
-            )
-            await send_error(send, exc, {"Connection": "close", "Retry-After": "1"})
+            await send_error(send, draining_error(), {"Connection": "close"})
             return
         if self.keys and path not in self.open_paths:
             token = bearer_token(scope)
