@@ -127,8 +127,6 @@ class UpstreamGenerator:
             self._in_flight -= request.n
         try:
             return self._generation(reply, request, chat=path == "/chat/completions")
-        except UpstreamError:
-            raise
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise UpstreamError(f"malformed upstream reply: {exc!r}") from None
 

@@ -16,12 +16,7 @@ def build_scorer(settings: Settings) -> Scorer | None:
     """The verifier the settings name (None without one): an ORM or a PRM, loaded in-process,
     or, with ``--verifier-url``, scored by a vLLM pooling server (``--verifier`` then gives
     only the tokenizer and config, so the text is laid out here exactly as in-process)."""
-    if settings.verifier is None:
-        if settings.verifier_url is not None:
-            raise ValueError(
-                "--verifier-url needs --verifier too: the verifier's directory or hub id, "
-                "whose tokenizer and config lay out the text it scores (no weights are loaded)"
-            )
+    if settings.verifier is None:  # Settings refuses verifier_url without it
         return None
     if settings.verifier_url is not None:
         from .remote import RemoteORMScorer, RemotePRMScorer
