@@ -214,8 +214,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # RequestContextMiddleware answers errors raised before the response starts (with the
+        # request id); this handler sees what is left: failures in the middle of a response
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)
+        return error_response(BonError("internal server error"))
 
 
 class MetricsMiddleware:
