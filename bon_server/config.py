@@ -146,18 +146,15 @@ class Settings(BaseSettings):
         # only a single plain string (BON_API_KEYS) is comma-separated; keys given one by one
         # (repeated --api-key, a list, a JSON list) are taken whole, and a comma in one is
         # refused rather than silently making it two keys
-        if isinstance(value, str) and not value.strip().startswith("["):
-            keys = _string_list(value)
-        else:
-            if isinstance(value, str):
-                value = json.loads(value)
-            keys = [str(k).strip() for k in value]  # type: ignore[union-attr]
-            keys = [k for k in keys if k]
-            if any("," in k for k in keys):
+        if not isinstance(value, str) or value.strip().startswith("["):
+            items = json.loads(value) if isinstance(value, str) else value
+            if any("," in str(k) for k in items):  # type: ignore[union-attr]
                 raise ValueError(
                     "an API key must not contain a comma; give each key separately "
                     "(repeat --api-key) or as BON_API_KEYS=key1,key2"
                 )
+            value = items
+        keys = _string_list(value)
         if any(any(ch.isspace() for ch in k) for k in keys):
             raise ValueError("API keys must not contain whitespace")
         return tuple(keys)
