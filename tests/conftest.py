@@ -4,6 +4,10 @@
 real in-process vLLM engine) on the embedded arithmetic policy with a tiny ORM
 that this file builds (random weights: its scores are arbitrary but real), and
 yields its base URL. Tests talk to it with the official ``openai`` SDK or httpx.
+
+Also shared by the engine suites: ``wait_for`` (poll a condition), ``started`` (a
+``ChildProcess`` for the length of a ``with``), and the chat helpers ``MODEL``, ``Q``,
+``chat`` and ``rendered``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,36 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300
+MODEL = "arith-policy"  # the embedded policy's served model name
+Q = "What is 17 + 4 * 23 - 9?"
+
+
+def chat(client, content=Q, **kwargs):
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
+    )
+
+
+def rendered(question: str) -> str:
+    """The policy's chat template, written out for /v1/completions."""
+    return f"<|bos|><|user|>{question}<|end|><|assistant|>"
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    """Poll ``predicate`` every 0.05 s until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def free_port() -> int:
@@ -120,11 +148,15 @@ class ServerProcess(ChildProcess):
         raise KeyError(name)
 
 
+P = TypeVar("P", bound=ChildProcess)
+
+
 @contextlib.contextmanager
-def started(proc: ChildProcess) -> Iterator[ChildProcess]:
-    """Wait for ``proc`` to be ready, hand it out, stop it afterwards (also on failure)."""
+def started(proc: P, **wait: Any) -> Iterator[P]:
+    """Wait for ``proc`` to be ready (``wait``: ``wait_ready``'s arguments), hand it out,
+    stop it afterwards (also on failure)."""
     try:
-        proc.wait_ready()
+        proc.wait_ready(**wait)
         yield proc
     finally:
         proc.stop()

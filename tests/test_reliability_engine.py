@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 from asgi_app import MESSAGES, openai_error
-from conftest import ServerProcess, started
+from conftest import ServerProcess, started, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -38,15 +38,6 @@ def engine_chat(base_url: str, key: str | None = ENGINE_KEY, **body) -> httpx.Re
         **body,
     }
     return httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
-
-
-def wait_metric(server: ServerProcess, name: str, predicate, timeout_s: float = 60) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate(server.metric(name)):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_engine_keys_with_the_openai_sdk(guarded):
@@ -77,7 +68,7 @@ def test_engine_deadline_aborts_every_candidate(guarded, stream):
     else:
         assert openai_error(r, 504)["code"] == "request_timeout"
     assert guarded.metric("bon_request_timeouts_total") == before + 1
-    assert wait_metric(guarded, "bon_engine_unfinished_requests", lambda v: v == 0)
+    assert wait_for(lambda: guarded.metric("bon_engine_unfinished_requests") == 0)
     assert guarded.metric("bon_requests_in_flight") == 0
     assert guarded.metric("bon_sequences_in_flight") == 0
 
@@ -92,14 +83,14 @@ def test_engine_admission_429_while_full(guarded):
         + body
     )
     try:
-        assert wait_metric(guarded, "bon_sequences_in_flight", lambda v: v == 64)
+        assert wait_for(lambda: guarded.metric("bon_sequences_in_flight") == 64)
         r = engine_chat(guarded.base_url, best_of=1, max_tokens=8)
         assert openai_error(r, 429)["code"] == "server_busy"
         assert int(r.headers["retry-after"]) >= 1
     finally:
         sock.close()
-    assert wait_metric(guarded, "bon_sequences_in_flight", lambda v: v == 0)
-    assert wait_metric(guarded, "bon_engine_unfinished_requests", lambda v: v == 0)
+    assert wait_for(lambda: guarded.metric("bon_sequences_in_flight") == 0)
+    assert wait_for(lambda: guarded.metric("bon_engine_unfinished_requests") == 0)
     assert engine_chat(guarded.base_url, best_of=4, max_tokens=16).status_code == 200
 
 
@@ -127,9 +118,7 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
     """SIGTERM with --shutdown-timeout 3: a request that ends within it completes; two that
     cannot get a 503 (one streamed: an error event then [DONE]); the process exits promptly.
     Fewer sequences than the engine schedules at once (128 on CPU), so none waits in vLLM."""
-    proc = ServerProcess(["--shutdown-timeout", "3"], tmp_path / "sigterm.log")
-    try:
-        proc.wait_ready()
+    with started(ServerProcess(["--shutdown-timeout", "3"], tmp_path / "sigterm.log")) as proc:
         url = f"{proc.base_url}/v1/chat/completions"
         results: dict[str, httpx.Response] = {}
 
@@ -145,12 +134,12 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
         ]
         for t in threads:
             t.start()
-        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 96)
+        assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 96)
         short = threading.Thread(
             target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
         )
         short.start()
-        assert wait_metric(proc, "bon_engine_unfinished_requests", lambda v: v == 100)
+        assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 100)
         start = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         for t in [*threads, short]:
@@ -165,5 +154,3 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
         assert took < 3 + 20, took  # the grace period, then the engine's own shutdown
         log = proc.tail(200)
         assert "aborting 2 request(s) past the shutdown timeout" in log
-    finally:
-        proc.stop()

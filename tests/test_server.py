@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import httpx
 import openai
 import pytest
+from conftest import MODEL, Q, chat, rendered, wait_for
 
 from bon_server.answers import extract_answer
 from verifier_training.tasks.arith import sample_problems
 
 pytestmark = pytest.mark.engine
-
-MODEL = "arith-policy"
-Q = "What is 17 + 4 * 23 - 9?"
-
-
-def chat(client, content=Q, **kwargs):
-    return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
-    )
-
-
-def rendered(question: str) -> str:
-    """The policy's chat template, written out for /v1/completions."""
-    return f"<|bos|><|user|>{question}<|end|><|assistant|>"
 
 
 # ------------------------------------------------------------------ happy paths
@@ -322,15 +308,6 @@ def test_metrics_count_all_candidates(server, client):
     assert server.metric("bon_requests_in_flight") == 0
 
 
-def _wait_for(server, name, predicate, timeout_s=60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate(server.metric(name)):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_disconnect_aborts_every_candidate(server, stream):
     """A client that goes away mid-generation: the engine drops all of its candidates."""
@@ -351,12 +328,12 @@ def test_disconnect_aborts_every_candidate(server, stream):
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     try:
-        assert _wait_for(server, "bon_engine_unfinished_requests", lambda v: v == 64)
+        assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 64)
     finally:
         sock.close()  # mid-generation
-    assert _wait_for(server, "bon_engine_unfinished_requests", lambda v: v == 0)
-    assert _wait_for(server, "bon_requests_in_flight", lambda v: v == 0)
-    assert _wait_for(server, "bon_client_disconnects_total", lambda v: v == disconnects + 1)
+    assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 0)
+    assert wait_for(lambda: server.metric("bon_requests_in_flight") == 0)
+    assert wait_for(lambda: server.metric("bon_client_disconnects_total") == disconnects + 1)
 
 
 def test_concurrent_seeded_requests_keep_the_engine_alive(server):

@@ -27,7 +27,7 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, started
 
 pytestmark = [pytest.mark.engine, pytest.mark.soak]
 
@@ -184,23 +184,19 @@ def wait_drained(server: ServerProcess, timeout_s: float = 60) -> dict[str, floa
 def test_soak(tmp_path, tiny_orm):
     seconds = float(os.environ.get("BON_SOAK_SECONDS", "180"))
     warmup = min(45.0, seconds / 3)
-    server = ServerProcess(
-        [
-            "--verifier",
-            str(tiny_orm),
-            "--max-sequences-in-flight",
-            "128",
-            "--admission-timeout",
-            "60",
-            "--request-timeout",
-            "120",
-            "--keepalive-interval-s",
-            "0.5",
-        ],
-        tmp_path / "soak.log",
-    )
-    try:
-        server.wait_ready()
+    args = [
+        "--verifier",
+        str(tiny_orm),
+        "--max-sequences-in-flight",
+        "128",
+        "--admission-timeout",
+        "60",
+        "--request-timeout",
+        "120",
+        "--keepalive-interval-s",
+        "0.5",
+    ]
+    with started(ServerProcess(args, tmp_path / "soak.log")) as server:
         result = asyncio.run(load(server.base_url, server.proc.pid, seconds, warmup))
         drained = wait_drained(server)
         end_main, end_engine = rss_mib(server.proc.pid)
@@ -210,8 +206,6 @@ def test_soak(tmp_path, tiny_orm):
         wait_sum = metric(result["m"], "bon_admission_wait_seconds_sum")
         queued = admitted - metric(result["m"], 'bon_admission_wait_seconds_bucket{le="0.001"}')
         assert server.proc.poll() is None, server.tail()
-    finally:
-        server.stop()
 
     tally: Tally = result["tally"]
     settled = result["settled"]

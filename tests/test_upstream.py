@@ -27,16 +27,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import started
+from asgi_app import openai_error
+from conftest import MODEL, Q, ServerProcess, chat, rendered, started, wait_for
 from fastapi.testclient import TestClient
-from upstream_servers import (
-    POLICY_NAME,
-    BonProcess,
-    VLLMServer,
-    closed_port,
-    vllm_servers,
-    workdir,
-)
+from upstream_servers import VLLMServer, closed_port, vllm_servers, workdir
 
 from bon_server.app import create_app
 from bon_server.config import Settings
@@ -52,8 +46,6 @@ from bon_server.generators.upstream import UpstreamGenerator
 from bon_server.types import Message, Prompt, SamplingParams
 from bon_server.upstream_client import ModelResolver, RemoteServer
 
-MODEL = POLICY_NAME
-Q = "What is 17 + 4 * 23 - 9?"
 CHAT = Prompt(messages=(Message("user", "What is 2 + 3?"),))
 
 # ------------------------------------------------------------ a scripted upstream
@@ -417,9 +409,7 @@ def test_a_malformed_reply_reaches_the_client_as_an_openai_shaped_502():
     with TestClient(app) as client:
         body = {"model": MODEL, "prompt": "What is 2 + 3?", "best_of": 2, "logprobs": 1}
         r = client.post("/v1/completions", json=body)
-    assert r.status_code == 502, r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    error = openai_error(r, 502)
     assert error["type"] == "upstream_error"
     assert error["message"].startswith("malformed upstream reply")
 
@@ -721,24 +711,19 @@ def test_the_app_maps_upstream_failures_to_openai_errors():
 
 
 @pytest.fixture(scope="module")
-def dead_upstream_server(pytestconfig: pytest.Config) -> Iterator[BonProcess]:
+def dead_upstream_server(pytestconfig: pytest.Config) -> Iterator[ServerProcess]:
+    """Its upstream is down, so /health is 503: ready once /health answers at all."""
     log = workdir(pytestconfig) / "bon-dead-upstream.log"
-    proc = BonProcess(
-        [
-            "--upstream",
-            f"http://127.0.0.1:{closed_port()}/v1",
-            "--upstream-retries",
-            "2",
-            "--keepalive-interval-s",
-            "0.05",
-        ],
-        log,
-    )
-    try:
-        proc.wait_up()
+    args = [
+        "--upstream",
+        f"http://127.0.0.1:{closed_port()}/v1",
+        "--upstream-retries",
+        "2",
+        "--keepalive-interval-s",
+        "0.05",
+    ]
+    with started(ServerProcess(args, log), timeout_s=120, accept=lambda r: True) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_a_dead_upstream_is_a_fast_openai_shaped_503(dead_upstream_server):
@@ -754,9 +739,7 @@ def test_a_dead_upstream_is_a_fast_openai_shaped_503(dead_upstream_server):
         start = time.monotonic()
         r = httpx.post(url + path, json=body, timeout=30)
         assert time.monotonic() - start < 5, "a dead upstream must not hang a request"
-        assert r.status_code == 503, r.text
-        error = r.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}
+        error = openai_error(r, 503)
         assert error["type"] == "service_unavailable" and "unreachable" in error["message"]
     assert httpx.get(f"{url}/health", timeout=30).status_code == 503
     assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
@@ -786,14 +769,14 @@ def upstreams(pytestconfig) -> dict[str, VLLMServer]:
     return vllm_servers(pytestconfig)
 
 
-def _bon(args: list[str], name: str, config: pytest.Config) -> Iterator[BonProcess]:
+def _bon(args: list[str], name: str, config: pytest.Config) -> Iterator[ServerProcess]:
     args = [*args, "--keepalive-interval-s", "0.05", "--max-best-of", "64"]
-    with started(BonProcess(args, workdir(config) / f"bon-{name}.log")) as proc:
+    with started(ServerProcess(args, workdir(config) / f"bon-{name}.log")) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
-def proxy(upstreams, pytestconfig) -> Iterator[BonProcess]:
+def proxy(upstreams, pytestconfig) -> Iterator[ServerProcess]:
     """bon-server over the policy server, scoring with the remote ORM (names discovered)."""
     orm = upstreams["orm"]
     yield from _bon(
@@ -811,7 +794,7 @@ def proxy(upstreams, pytestconfig) -> Iterator[BonProcess]:
 
 
 @pytest.fixture(scope="module")
-def proxy_prm(upstreams, pytestconfig) -> Iterator[BonProcess]:
+def proxy_prm(upstreams, pytestconfig) -> Iterator[ServerProcess]:
     prm = upstreams["prm"]
     yield from _bon(
         [
@@ -837,16 +820,6 @@ def proxy_prm(upstreams, pytestconfig) -> Iterator[BonProcess]:
 def client(proxy) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{proxy.base_url}/v1", api_key="unused", max_retries=0) as c:
         yield c
-
-
-def chat(client, content=Q, **kwargs):
-    return client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
-    )
-
-
-def rendered(question: str) -> str:
-    return f"<|bos|><|user|>{question}<|end|><|assistant|>"
 
 
 def as_prompt(content: str = Q) -> Prompt:
@@ -1021,21 +994,12 @@ def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
         b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     try:
-        assert _wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 32)
-        assert _wait_for(lambda: policy.metric("vllm:num_requests_running") > 0)
+        assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 32)
+        assert wait_for(lambda: policy.metric("vllm:num_requests_running") > 0)
     finally:
         sock.close()
-    assert _wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
-    assert _wait_for(lambda: policy.metric("vllm:num_requests_running") == 0, 30)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
+    assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 0, 30)
 
 
 @pytest.mark.engine

@@ -4,9 +4,8 @@
 (generation) and a tiny ORM and a tiny PRM (``--runner pooling``), each with
 ``python -m vllm.entrypoints.openai.api_server``, and returns them; later calls, from
 any test module, get the same processes. They stop when pytest ends (``add_cleanup``),
-or earlier when a test kills one (``VLLMServer.stop``). ``BonProcess`` is conftest's
-``ServerProcess`` (``python -m bon_server serve``) with a readiness check that accepts
-any status, for a bon-server whose upstream is meant to be down.
+or earlier when a test kills one (``VLLMServer.stop``). The bon-servers in front of
+them are conftest's ``ServerProcess`` (``python -m bon_server serve``).
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, ChildProcess, ServerProcess, build_tiny_orm, free_port
+from conftest import MODEL, ROOT, ChildProcess, build_tiny_orm, free_port
 from tiny_models import save_tiny, step_tokenizer
 
 POLICY = ROOT / "bon_server" / "embedded" / "arith-policy"
-POLICY_NAME = "arith-policy"
 # Small and CPU-friendly: no chunked prefill (seeded requests crash the CPU sampler with
 # it, see ENVIRONMENT.md), no torch.compile (saves most of the start), vLLM's own sampling
 # defaults (as in-process), float32 so remote and in-process verifier scores can agree.
@@ -47,7 +45,7 @@ class VLLMServer(ChildProcess):
             "--model",
             str(model),
             "--served-model-name",
-            POLICY_NAME if name == "policy" else name,
+            MODEL if name == "policy" else name,
             "--port",
             str(self.port),
             *COMMON,
@@ -131,14 +129,6 @@ def vllm_servers(config: pytest.Config) -> dict[str, VLLMServer]:
 
 def _built(path: Path, build: Any) -> Path:
     return path if (path / "config.json").exists() else build(path)
-
-
-class BonProcess(ServerProcess):
-    """``python -m bon_server serve ARGS``; ``wait_up`` accepts any /health answer."""
-
-    def wait_up(self, timeout_s: float = 120, *, healthy: bool = False) -> None:
-        """Until /health answers (``healthy``: answers 200)."""
-        self.wait_ready(timeout_s, accept=lambda r: r.status_code == 200 or not healthy)
 
 
 def closed_port() -> int:
