@@ -14,6 +14,7 @@ from verifier_training.evaluate import (
     methods_for,
     pairwise_accuracy,
     powers_of_two,
+    roc_auc,
     table,
 )
 
@@ -116,3 +117,11 @@ def test_powers_and_table() -> None:
     assert powers_of_two(12) == [1, 2, 4, 8]
     text = table({"orm": {1: (0.5, 0.0)}}, [1, 2])
     assert "orm" in text and "0.500" in text
+
+
+def test_roc_auc():
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert roc_auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
+    assert roc_auc([0.5, 0.5, 0.5], [True, False, True]) == 0.5
+    assert roc_auc([0.3, 0.1, 0.3, 0.7], [True, False, False, True]) == 7 / 8  # 3 wins, 1 tie of 4
+    assert roc_auc([0.1, 0.2], [True, True]) is None

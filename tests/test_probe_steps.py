@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from verifier_training.probe_steps import arithmetic_lines, main, roc_auc
+from verifier_training.probe_steps import arithmetic_lines, main
 from verifier_training.records import SampleRecord, write_jsonl
 
 POLICY = "bon_server/embedded/arith-policy"
@@ -19,14 +19,6 @@ def record(i: int, completion: str) -> SampleRecord:
         seed=0, sample_index=0, finish_reason="stop", completion_tokens=len(completion))
 
 
-def test_roc_auc():
-    assert roc_auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
-    assert roc_auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
-    assert roc_auc([0.5, 0.5, 0.5], [True, False, True]) == 0.5
-    assert roc_auc([0.3, 0.1, 0.3, 0.7], [True, False, False, True]) == 7 / 8  # 3 wins, 1 tie of 4
-    assert roc_auc([0.1, 0.2], [True, True]) is None
-
-
 def test_arithmetic_lines_labels_and_filters():
     r = record(0, "4 * 23 = 92\n17 + 92 = 108\n-108 - 9 = -117\nThe answer is 108.")
     assert arithmetic_lines([r], "+-*") == [
@@ -37,7 +29,8 @@ def test_arithmetic_lines_labels_and_filters():
 @pytest.mark.parametrize("arch", ["bert", "llama", "policy"])
 def test_probe_learns_an_easy_tell(tmp_path, arch, capsys):
     # every wrong line has a negative result, every right one a positive result: a tell that a
-    # few seconds of training must find (AUC near 1), read the right way round (not near 0)
+    # fixed number of steps must find (AUC near 1), read the right way round (not near 0); the
+    # step count, not the time budget, ends training, so a loaded machine cannot cut it short
     rows = []
     for i in range(60):
         a, b = 2 + i % 23, 3 + i % 17
@@ -47,11 +40,12 @@ def test_probe_learns_an_easy_tell(tmp_path, arch, capsys):
     write_jsonl(str(held), rows[40:])
     out = tmp_path / "probe.json"
     assert main(["--train", str(train), "--eval", str(held), "--arch", arch, "--layers", "2",
-                 "--minutes", "0.15", "--eval-every-min", "0.15", "--batch-size", "32",
+                 "--minutes", "10", "--max-steps", "60", "--eval-every-min", "10",
+                 "--batch-size", "32",
                  "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     last = result["history"][-1]
-    assert last["steps"] > 0
+    assert last["steps"] == 60
     assert last["auc"]["all"] > 0.95
     assert last["auc"]["+"] is None  # only right `+` lines: no AUC
     assert result["held_out_unseen_share"] == 1.0

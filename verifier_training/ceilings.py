@@ -37,8 +37,7 @@ from bon_server.selectors import SelectorInput, majority, verifier, weighted_maj
 from verifier_training.evaluate import best_of_n, gap_closed, powers_of_two, table
 from verifier_training.records import SampleRecord, read_samples, write_json
 from verifier_training.tasks.arith import step_arithmetic_ok
-
-DEFAULT_POLICY = "bon_server/embedded/arith-policy"
+from verifier_training.train_orm import DEFAULT_POLICY, pad
 
 
 def policy_token_stats(
@@ -50,7 +49,7 @@ def policy_token_stats(
 
     tokenizer = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: dict[tuple[str, str], list[tuple[float, bool]]] = {}
     order = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
     with torch.no_grad():
@@ -62,10 +61,8 @@ def policy_token_stats(
             p_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             c_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for _, c in chunk]
             rows = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
-            ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.tensor(r)
-            logits = model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
+            ids = pad(rows, pad_id)
+            logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             greedy = logits.argmax(dim=-1)
             for i, key in enumerate(chunk):

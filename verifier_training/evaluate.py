@@ -80,16 +80,35 @@ class Scored:
 
 # ------------------------------------------------------------------------- pure metrics
 
+def rank_wins(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, int]:
+    """(positive-over-negative wins with ties counted 1/2, number of such pairs), from ranks in
+    O(n log n) rather than over every pair."""
+    n_pos = sum(labels)
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    rank_sum, i = 0.0, 0
+    while i < len(order):  # average ranks (1-based) over runs of equal scores
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mid = (i + j) / 2 + 1
+        rank_sum += sum(mid for k in range(i, j + 1) if labels[order[k]])
+        i = j + 1
+    return rank_sum - n_pos * (n_pos + 1) / 2, n_pos * (len(labels) - n_pos)
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """P(a random positive scores above a random negative), ties counted half; None if one
+    class is missing."""
+    wins, pairs = rank_wins(scores, labels)
+    return wins / pairs if pairs else None
+
+
 def pairwise_accuracy(groups: Sequence[Sequence[tuple[float, bool]]]) -> float | None:
     """Over all (correct, incorrect) pairs within a group: P(correct scored higher), ties 1/2."""
     wins, pairs = 0.0, 0
     for group in groups:
-        good = sorted(s for s, c in group if c)
-        bad = [s for s, c in group if not c]
-        for b in bad:
-            for g in good:
-                wins += 1.0 if g > b else 0.5 if g == b else 0.0
-            pairs += len(good)
+        w, n = rank_wins([s for s, _ in group], [c for _, c in group])
+        wins, pairs = wins + w, pairs + n
     return wins / pairs if pairs else None
 
 

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from bon_server.scorers.steps import split_steps
 from bon_server.types import Prompt, SamplingParams
 from verifier_training.records import (
+    LABELLERS,
     SampleRecord,
     StepLabelRecord,
     read_samples,
@@ -251,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSONL of StepLabelRecords (overwritten)")
     p.add_argument("--policy", default=None,
                    help="policy that rolls out (default: the records' own policy)")
-    p.add_argument("--method", choices=["rollouts", "exact"], default="rollouts",
+    p.add_argument("--method", choices=LABELLERS, default="rollouts",
                    help="rollouts: Math-Shepherd k-of-M (default); exact: the arithmetic "
                         "world's step checker, no policy needed")
     p.add_argument("-m", "--rollouts", type=int, default=8, help="M: rollouts per step prefix")
@@ -309,13 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no records in {args.records}")
     policy = args.policy or records[0].policy
     start = time.time()
-    if args.method == "exact":
-        labels = exact_labels(records)
-        write_jsonl(args.out, labels)
-        print(f"labelled {len(labels)} candidates exactly in {time.time() - start:.0f} s "
-              f"-> {args.out}")
-        print("  ".join(f"{k} {v}" for k, v in summarize(labels).items()))
-        return 0
 
     async def go() -> tuple[list[StepLabelRecord], dict[str, int]]:
         generator = open_generator(policy, seed=args.seed, max_model_len=args.max_model_len,
@@ -325,9 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             generator.shutdown()
 
-    labels, counters = asyncio.run(go())
+    if args.method == "exact":
+        labels, counters, how = exact_labels(records), {}, " exactly"
+    else:
+        labels, counters = asyncio.run(go())
+        how = ""
     write_jsonl(args.out, labels)
-    print(f"labelled {len(labels)} candidates in {time.time() - start:.0f} s -> {args.out}")
+    print(f"labelled {len(labels)} candidates{how} in {time.time() - start:.0f} s -> {args.out}")
     print("  ".join(f"{k} {v}" for k, v in {**summarize(labels), **counters}.items()))
     return 0
 

@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from bon_server.scorers.steps import split_steps
+from verifier_training.evaluate import roc_auc
 from verifier_training.records import read_samples, write_json
-from verifier_training.tasks.arith import OPS, step_arithmetic_ok
+from verifier_training.tasks.arith import OPS, parse_step, step_arithmetic_ok
 from verifier_training.train_orm import DEFAULT_POLICY, load_tokenizer, pad
 from verifier_training.train_prm import FMT, add_step_token
 
@@ -46,28 +47,8 @@ def arithmetic_lines(records: Sequence[Any], ops: str) -> list[Line]:
         for step in split_steps(r.completion):
             ok = step_arithmetic_ok(step, ops=ops)
             if ok is not None:
-                op = next(c for c in step.split(" = ")[0].split() if c in OPS)
-                out.append((step.strip(), ok, op))
+                out.append((step, ok, parse_step(step)[1]))  # type: ignore[index]
     return out
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """P(a random positive scores above a random negative), ties counted half; None if one
-    class is missing."""
-    n_pos = sum(labels)
-    n_neg = len(labels) - n_pos
-    if not n_pos or not n_neg:
-        return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    rank_sum, i = 0.0, 0
-    while i < len(order):  # average ranks (1-based) over runs of equal scores
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        mid = (i + j) / 2 + 1
-        rank_sum += sum(mid for k in range(i, j + 1) if labels[order[k]])
-        i = j + 1
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def build_model(arch: str, init: str, layers: int | None, vocab: int, pad_id: int) -> Any:
@@ -107,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="depth for llama/bert (default: the "
                                                             "policy's)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="also stop after this many steps (0: only the time budget)")
     p.add_argument("--eval-every-min", type=float, default=2.5, help="minutes between scorings")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
     p.add_argument("--batch-size", type=int, default=256, help="lines per step")
@@ -180,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     while True:
         elapsed = (time.time() - start) / 60
-        if elapsed >= next_eval or elapsed >= args.minutes:
+        done = elapsed >= args.minutes or 0 < args.max_steps <= steps
+        if elapsed >= next_eval or done:
             aucs = score_held_out()
             history.append({"minutes": round(elapsed, 2), "steps": steps,
                             "loss": None if smooth is None else round(smooth, 4), "auc": aucs})
@@ -188,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                   + "  ".join(f"{aucs[c] if aucs[c] is not None else float('nan'):6.3f}"
                               for c in columns), flush=True)
             next_eval += args.eval_every_min
-            if elapsed >= args.minutes:
+            if done:
                 break
         batch = [train[rng.randrange(len(train))] for _ in range(args.batch_size)]
         loss = F.cross_entropy(tag_logits([s for s, _, _ in batch]),

@@ -117,6 +117,14 @@ def sample_problems(n: int, seed: int) -> list[Problem]:
 _STEP = re.compile(r"^\s*(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\s*$")
 
 
+def parse_step(step: str) -> tuple[int, str, int, int] | None:
+    """``(a, op, b, c)`` of an ``a op b = c`` line; None for a line of another shape."""
+    match = _STEP.match(step)
+    if not match:
+        return None
+    return int(match[1]), match[2], int(match[3]), int(match[4])
+
+
 def step_arithmetic_ok(step: str, ops: str | tuple[str, ...] = OPS) -> bool | None:
     """Is ``a op b = c`` arithmetically right? None for a line of another shape, or whose
     operator is not among ``ops`` (a checker that knows only some operations).
@@ -125,10 +133,10 @@ def step_arithmetic_ok(step: str, ops: str | tuple[str, ...] = OPS) -> bool | No
     the expression); on this policy's samples nearly every wrong answer has a line where
     this returns False.
     """
-    match = _STEP.match(step)
-    if not match or match[2] not in ops:
+    parsed = parse_step(step)
+    if parsed is None or parsed[1] not in ops:
         return None
-    a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+    a, op, b, c = parsed
     return (a * b if op == "*" else a + b if op == "+" else a - b) == c
 
 
