@@ -131,6 +131,13 @@ def test_bon_server_settings_come_from_the_configmap_and_secret(resources, monke
         assert ref["name"] == "bon-keys" and ref["key"] in secret
     for item in container(deployments(resources)["bon-policy"])["env"]:
         assert item["valueFrom"]["secretKeyRef"]["key"] in secret
+    # bon-server sends the very secret entry each vLLM server requires (one copy, no drift)
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in bon["env"]}
+    for name, served in [("BON_UPSTREAM_API_KEY", "bon-policy"),
+                         ("BON_VERIFIER_API_KEY", "bon-verifier")]:
+        vllm = {e["name"]: e["valueFrom"]["secretKeyRef"]["key"]
+                for e in container(deployments(resources)[served])["env"]}
+        assert refs[name] == vllm["VLLM_API_KEY"]
     env = {
         **config,
         **{e["name"]: secret[e["valueFrom"]["secretKeyRef"]["key"]] for e in bon["env"]},
