@@ -30,14 +30,34 @@ import argparse
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 from bon_server.scorers.steps import split_steps
-from bon_server.selectors import SelectorInput, majority, verifier, weighted_majority
-from verifier_training.evaluate import best_of_n, gap_closed, powers_of_two, table
+from bon_server.selectors import majority, verifier, weighted_majority
+from verifier_training.evaluate import (
+    best_of_n,
+    gap_closed,
+    oracle,
+    pass_at_1,
+    pick,
+    powers_of_two,
+    table,
+)
 from verifier_training.records import SampleRecord, read_samples, write_json
 from verifier_training.tasks.arith import step_arithmetic_ok
 from verifier_training.train_orm import DEFAULT_POLICY, pad
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One held-out candidate and what each untrained scorer says of it."""
+
+    answer: str | None
+    correct: bool
+    mean_lp: float  # the policy's mean token log-probability
+    exact: float  # 1.0: every `a op b = c` line is right
+    addsub: float  # 1.0: every `+`/`-` line is right
+    greedy: float  # 1.0 (+ a log-prob tie-break): every result is the policy's argmax
 
 
 def policy_token_stats(
@@ -111,40 +131,31 @@ def main(argv: list[str] | None = None) -> int:
     keys = list(dict.fromkeys((r.question, r.completion) for r in records))
     stats = policy_token_stats(args.policy, keys, args.batch_size)
 
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[Candidate]] = {}
     for r in records:
         s = stats[(r.question, r.completion)]
         mean_lp = sum(lp for lp, _ in s) / max(1, len(s))
         steps = split_steps(r.completion)
         checks = [step_arithmetic_ok(step) for step in steps]
-        groups.setdefault(r.problem_id, []).append({
-            "answer": r.answer, "correct": r.correct, "mean_lp": mean_lp,
-            "exact": float(all(c is not False for c in checks)),
-            "addsub": float(all(step_arithmetic_ok(step, ops="+-") is not False
-                                for step in steps)),
-            "greedy": float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
-        })
-
-    def pick(select: Any, key: str | None):
-        def run(cands: Sequence[dict[str, Any]]) -> float:
-            scores = [c[key] for c in cands] if key else None
-            inp = SelectorInput(candidates=(), answers=[c["answer"] for c in cands],
-                                verifier_scores=scores)
-            return float(cands[select(inp).order[0]]["correct"])
-        return run
+        groups.setdefault(r.problem_id, []).append(Candidate(
+            answer=r.answer, correct=r.correct, mean_lp=mean_lp,
+            exact=float(all(c is not False for c in checks)),
+            addsub=float(all(step_arithmetic_ok(step, ops="+-") is not False for step in steps)),
+            greedy=float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
+        ))
 
     methods = {
-        "pass@1": lambda cands: sum(c["correct"] for c in cands) / len(cands),
+        "pass@1": pass_at_1,
         "majority": pick(majority, None),
-        "exact_step_checker": pick(verifier, "exact"),
-        "weighted_majority_exact": pick(weighted_majority, "exact"),
-        "addsub_step_checker": pick(verifier, "addsub"),
-        "policy_mean_logprob": pick(verifier, "mean_lp"),
-        "policy_greedy_steps": pick(verifier, "greedy"),
-        "oracle": lambda cands: float(any(c["correct"] for c in cands)),
+        "exact_step_checker": pick(verifier, lambda c: c.exact),
+        "weighted_majority_exact": pick(weighted_majority, lambda c: c.exact),
+        "addsub_step_checker": pick(verifier, lambda c: c.addsub),
+        "policy_mean_logprob": pick(verifier, lambda c: c.mean_lp),
+        "policy_greedy_steps": pick(verifier, lambda c: c.greedy),
+        "oracle": oracle,
     }
-    wrong = [c for g in groups.values() for c in g if not c["correct"]]
-    caught = sum(c["exact"] == 0.0 for c in wrong)
+    wrong = [c for g in groups.values() for c in g if not c.correct]
+    caught = sum(c.exact == 0.0 for c in wrong)
     print(f"wrong candidates with a wrong `a op b = c` line: {caught} of {len(wrong)}")
     k = min(len(g) for g in groups.values())
     ns = powers_of_two(k)

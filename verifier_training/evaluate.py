@@ -124,18 +124,30 @@ def first_error_f1(reference: Sequence[int], predicted: Sequence[int]) -> dict[s
             "n_error": len(err), "n_correct": len(ok)}
 
 
+def pick(sel: Callable[[SelectorInput], Any],
+         score: Callable[[Any], float] | None) -> Callable[[Sequence[Any]], float]:
+    """A Best-of-N method: 1.0 if the candidate the selector ranks first is correct. Candidates
+    have ``.answer`` and ``.correct``; ``score`` gives each one's verifier score."""
+    def run(cands: Sequence[Any]) -> float:
+        scores = [score(c) for c in cands] if score else None
+        inp = SelectorInput(candidates=(), answers=[c.answer for c in cands],
+                            verifier_scores=scores)
+        return float(cands[sel(inp).order[0]].correct)
+    return run
+
+
+def pass_at_1(cands: Sequence[Any]) -> float:
+    return sum(c.correct for c in cands) / len(cands)
+
+
+def oracle(cands: Sequence[Any]) -> float:
+    return float(any(c.correct for c in cands))
+
+
 def methods_for(has_orm: bool, has_prm: bool, wm_prm_agg: str) -> dict[str, Callable]:
     """Method name -> function(candidates) -> is the chosen candidate correct (a float)."""
-    def pick(sel: Callable[[SelectorInput], Any], score: Callable[[Scored], float] | None):
-        def run(cands: Sequence[Scored]) -> float:
-            scores = [score(c) for c in cands] if score else None
-            inp = SelectorInput(candidates=(), answers=[c.answer for c in cands],
-                                verifier_scores=scores)
-            return float(cands[sel(inp).order[0]].correct)
-        return run
-
     methods: dict[str, Callable] = {
-        "pass@1": lambda cands: sum(c.correct for c in cands) / len(cands),
+        "pass@1": pass_at_1,
         "majority": pick(majority, None),
     }
     if has_orm:
@@ -147,7 +159,7 @@ def methods_for(has_orm: bool, has_prm: bool, wm_prm_agg: str) -> dict[str, Call
     if has_prm:
         for how in AGGREGATIONS:
             methods[f"prm_{how}"] = pick(verifier, lambda c, how=how: c.prm(how))
-    methods["oracle"] = lambda cands: float(any(c.correct for c in cands))
+    methods["oracle"] = oracle
     return methods
 
 
