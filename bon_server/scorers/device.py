@@ -1,8 +1,10 @@
-"""Where a verifier runs: CUDA in bf16 when there is one, else CPU in float32."""
+"""Where a verifier runs: CUDA when there is one, else CPU; its dtype by ``dtypes``."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ..dtypes import resolve_dtype
 
 
 def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
@@ -12,8 +14,5 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("verifier device 'cuda' was asked for, but no CUDA device is available")
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
+    torch_dtype = getattr(torch, resolve_dtype(dtype, device=device, what="verifier"))
     return torch.device(device), torch_dtype
