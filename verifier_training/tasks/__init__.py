@@ -1,1 +1,64 @@
-"""Task worlds: problem generators, reference solutions and answer checkers."""
+"""Task worlds: one module a world, each a ``Task`` (see ``base``).
+
+``TASKS`` is the registry; ``get_task(name)`` fails by listing the valid names. A new world
+(code checked by unit tests, say) is one new module and one entry here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from .base import Task
+
+__all__ = ["TASKS", "Task", "check_question", "get_task", "policy_task", "task_for_question"]
+
+
+def _registry() -> dict[str, Task]:
+    from .arith import ArithTask
+    from .countdown import CountdownTask
+    from .paths import PathsTask
+
+    return {t.name: t for t in (ArithTask(), CountdownTask(), PathsTask())}
+
+
+TASKS: dict[str, Task] = _registry()
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
+
+
+def task_for_question(question: str) -> Task | None:
+    """The world whose prompt this is (each world's prompt has its own exact shape)."""
+    for task in TASKS.values():
+        if task.parse(question) is not None:
+            return task
+    return None
+
+
+def policy_task(policy: str) -> str:
+    """The world a policy was trained on (its ``training_config.json``), else ``arith``."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads((Path(policy) / "training_config.json").read_text())
+    except (OSError, ValueError):
+        return "arith"
+    return (record.get("data") or {}).get("task", "arith")
+
+
+def check_question(question: str, completion: str) -> bool:
+    """The checker of the world whose prompt ``question`` is (False for no world's prompt)."""
+    found = _parsed(question)
+    return found is not None and found[0].check(found[1], completion)
+
+
+@lru_cache(maxsize=65536)
+def _parsed(question: str) -> tuple[Task, Any] | None:
+    task = task_for_question(question)
+    return None if task is None else (task, task.parse(question))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bon_server.answers import extract_answer, normalize_answer
@@ -160,3 +161,36 @@ def check_answer(problem_or_answer: Problem | int | str, completion: str) -> boo
         expected = normalize_answer(str(problem_or_answer))
     found = extract_answer(completion)
     return found is not None and found == expected
+
+
+class ArithTask:
+    """The arithmetic world as a ``Task``."""
+
+    name = "arith"
+    system_prompt = "You are a helpful assistant that is good at arithmetic."
+
+    def sample(self, rng: random.Random) -> Problem:
+        return sample_problem(rng)
+
+    def problems(self, count: int, seed: int) -> list[Problem]:
+        return sample_problems(count, seed)
+
+    def reference(self, problem: Problem) -> str:
+        return reference_solution(problem)
+
+    def check(self, problem: Problem, completion: str) -> bool:
+        return check_answer(problem, completion)
+
+    def check_step(self, problem: Problem, steps: Sequence[str], i: int) -> bool | None:
+        """Arithmetic only: whether the step follows the expression is not checked."""
+        return step_arithmetic_ok(steps[i])
+
+    def partial_checks(self, problem: Problem, completion: str) -> dict[str, bool]:
+        """For ``ceilings``: the step checker on ``+``/``-`` lines only, ``*`` lines taken as
+        right (a verifier that has learned addition and subtraction but not multiplication)."""
+        lines = completion.strip().splitlines()
+        return {"addsub_step_checker": all(step_arithmetic_ok(s, ops="+-") is not False
+                                           for s in lines)}
+
+    def parse(self, question: str) -> Problem | None:
+        return parse_question(question)

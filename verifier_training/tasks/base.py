@@ -1,0 +1,89 @@
+"""One notion of a task: a world with checkable answers.
+
+A task is a seeded problem generator, its prompt, reference solutions, a checker (is this
+completion right for this problem?) and, where it has one, a step checker. Training,
+evaluation, export and the load tester take a task and never compare answers themselves.
+
+Every world's prompt carries all its checker needs, so ``parse(question)`` recovers the
+problem from a record's question: records and JSONL datasets need only name their task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from bon_server.answers import final_line
+
+# The held-out stream: evaluation problems are drawn from this seed, and the first
+# HELD_OUT of them are kept out of every training stream by prompt.
+EVAL_SEED = 1234
+HELD_OUT = 1000
+
+
+class Problem(Protocol):
+    @property
+    def question(self) -> str: ...  # the user message, exactly
+
+    @property
+    def answer(self) -> str: ...  # one right answer line's content (for records and voting)
+
+
+class Task(Protocol):
+    name: str
+    system_prompt: str  # the SFT chat's system message ("" for none)
+
+    def problems(self, count: int, seed: int) -> list[Any]:
+        """``count`` problems from their own ``random.Random(seed)`` stream."""
+
+    def sample(self, rng: Any) -> Any:
+        """One problem drawn from ``rng`` (a ``random.Random``)."""
+
+    def reference(self, problem: Any) -> str:
+        """A worked solution: one step a line, then ``The answer is ....``"""
+
+    def check(self, problem: Any, completion: str) -> bool:
+        """Ground truth: is this completion right for this problem?"""
+
+    def check_step(self, problem: Any, steps: Sequence[str], i: int) -> bool | None:
+        """Is step ``i`` right given steps ``0..i-1`` (None: not a step this world knows)?"""
+
+    def parse(self, question: str) -> Any | None:
+        """The problem whose ``question`` this is; None for another world's prompt."""
+
+    def partial_checks(self, problem: Any, completion: str) -> dict[str, bool]:
+        """Named parts of the checker (a verifier that knows only one), for ``ceilings``."""
+
+
+def answer_line(completion: str) -> str | None:
+    """The content of the last line ``The answer is ....`` (the server's ``final_line``)."""
+    return final_line(completion)
+
+
+def completion_steps(completion: str) -> list[str]:
+    """The non-empty lines before the answer line (all lines where there is none)."""
+    lines = [line.strip() for line in completion.strip().splitlines() if line.strip()]
+    if lines and answer_line(lines[-1]) is not None:
+        lines = lines[:-1]
+    return lines
+
+
+def held_out_questions(task: Task, count: int = HELD_OUT) -> set[str]:
+    return {p.question for p in task.problems(count, EVAL_SEED)}
+
+
+def training_problems(
+    task: Task, count: int, seed: int, exclude: set[str]
+) -> tuple[list[Any], int]:
+    """``count`` problems of seed ``seed``'s stream whose prompts are not in ``exclude``, and
+    how many draws were skipped (how often a fresh draw repeats a held-out prompt)."""
+    import random
+
+    rng, out, skipped = random.Random(seed), [], 0
+    while len(out) < count:
+        problem = task.sample(rng)
+        if problem.question in exclude:
+            skipped += 1
+        else:
+            out.append(problem)
+    return out, skipped
