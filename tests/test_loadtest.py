@@ -152,6 +152,47 @@ def test_arith_dataset_is_seeded_chat_with_right_answers():
         assert str(parse_question(message["content"]).answer) == item.answer
 
 
+@pytest.mark.parametrize("world", ["countdown", "paths"])
+def test_world_datasets_are_graded_by_their_checker(world, tmp_path: Path):
+    from verifier_training.tasks import get_task
+
+    task = get_task(world)
+    items = load_dataset(world, 10, seed=3)
+    assert items == load_dataset(world, 10, seed=3)
+    for item, problem in zip(items, task.problems(10, 3), strict=True):
+        assert item.task == world and item.messages[0]["content"] == problem.question
+        assert item.is_right(task.reference(problem)) and not item.is_right("The answer is 1.")
+    # a file names its world; the answer is then optional
+    path = tmp_path / "w.jsonl"
+    path.write_text(json.dumps({"task": world, "messages": list(items[0].messages)}) + "\n")
+    (again,) = load_dataset(str(path), 1)
+    assert again.task == world and again.is_right(task.reference(task.problems(1, 3)[0]))
+    path.write_text(json.dumps({"task": world, "prompt": "What is 2 + 3?"}) + "\n")
+    with pytest.raises(ValueError, match=f"not a {world} prompt"):
+        load_dataset(str(path), 1)
+    path.write_text(json.dumps({"task": "chess", "prompt": "e4"}) + "\n")
+    with pytest.raises(ValueError, match="unknown task 'chess'"):
+        load_dataset(str(path), 1)
+
+
+def test_grading_uses_the_item_world_for_every_candidate():
+    from loadtest.client import RequestResult, grade
+
+    (item,) = load_dataset("countdown", 1, seed=0)
+    right = get_reference(item)
+    other = "The answer is " + "+".join(["1"] * 3) + "."
+    r = RequestResult(ok=True, texts={0: other, 1: right})
+    grade(r, item)
+    assert r.correct is False and r.oracle is True
+
+
+def get_reference(item):
+    from verifier_training.tasks import get_task
+
+    task = get_task(item.task)
+    return task.reference(item.problem())
+
+
 def test_jsonl_dataset_reads_messages_and_prompts_and_cycles(tmp_path: Path):
     path = tmp_path / "d.jsonl"
     rows = [
@@ -278,6 +319,28 @@ def test_bon_endpoint_gets_best_of_and_grades_the_candidates():
     assert seen[0]["selector"] == "majority" and seen[0]["return_candidates"] is True
     assert r.ok and r.correct is True and r.oracle is True and r.bon == bon
     assert r.itl == [] and r.output_tokens == 27
+
+
+def test_non_streamed_plain_request_reads_every_choice_and_usage():
+    body = {
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "The answer is 8."}},
+            {"index": 1, "message": {"role": "assistant", "content": "The answer is 7."}},
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35},
+    }
+    seen: list = []
+    endpoint = Endpoint("e", "http://fake", "plain", "m")
+    spec = RequestSpec(best_of=2, max_tokens=16, temperature=1.0, stream=False)
+    client = _fake(json.dumps(body).encode(), seen=seen)
+    r = asyncio.run(send(client, endpoint, ITEM, spec, timeout_s=10))
+    assert seen[0]["stream"] is False and "stream_options" not in seen[0] and seen[0]["n"] == 2
+    assert r.ok and r.texts == {0: "The answer is 8.", 1: "The answer is 7."}
+    assert r.correct is False and r.oracle is True and r.output_tokens == 30
+    assert r.ttft == r.e2el > 0
+    r = asyncio.run(send(_fake(b'{"error": {}}', 400), endpoint, ITEM, spec, timeout_s=10))
+    assert not r.ok and r.failure == "400"
 
 
 def test_failures_are_recorded_by_status_and_never_raised():
@@ -478,21 +541,22 @@ def test_bench_table_reports_ratios_and_targets():
     def side(ms: list[float], tokens: int = 100, duration: float = 1.0) -> Side:
         return Side([m / 1000 for m in ms], tokens, duration, len(ms))
 
-    summary = _summary(
-        16,
-        16,
-        side([110, 120, 130]),
-        side([100, 100, 100]),  # (a): p50 120 vs 100 -> 1.2x, missed
-        side([50, 50]),
-        side([40, 40]),  # (c) best_of=1
-        side([1] * 10, 500, 2.0),
-        side([1] * 10, 500, 2.1),  # (b): 5 vs 4.76 req/s -> met
-    )
-    assert summary["a_latency"]["ratio_p50"] == pytest.approx(1.2)
-    assert summary["b_throughput"]["ratio"] == pytest.approx(2.1 / 2.0)
-    assert summary["c_scaling"]["server_scaling"] == pytest.approx(120 / 50)
+    a = {"server": side([110, 120, 130]), "stock": side([100, 100, 100]),
+         "engine": side([118, 118])}  # p50 120 vs 100 -> 1.2x, missed; vs 118: met
+    b = {"server": side([1] * 10, 500, 2.0), "stock": side([1] * 10, 500, 2.1),
+         "engine": side([1] * 10, 500, 1.0)}  # 5 vs 4.76 req/s: met; 5 vs 10: missed
+    c = {"server": side([50, 50]), "stock": side([40, 40]), "engine": side([60])}
+    summary = _summary(16, 16, a, b, c)
+    stock, engine = summary["ratios"]["stock"], summary["ratios"]["engine"]
+    assert stock["a_p50"] == pytest.approx(1.2) and not stock["a_met"]
+    assert stock["b"] == pytest.approx(2.1 / 2.0) and stock["b_met"]
+    assert engine["a_met"] and engine["b"] == pytest.approx(0.5) and not engine["b_met"]
+    assert summary["sides"]["server"]["c_scaling"] == pytest.approx(120 / 50)
     text = table(summary | {"verifier": {"available": False}})
-    assert "1.200x" in text and "<= 1.10x MISSED" in text and ">= 0.90x met" in text
+    assert "1.200x MISSED" in text and "1.050x" in text and "0.500x MISSED" in text
+    assert "(<= 1.10x)" in text and "(>= 0.90x)" in text
+    header = [c.strip() for c in text.splitlines()[0].split("|")[2:5]]
+    assert header == ["server", "stock", "engine"]
     assert "no verifier available" in text
     verifier = {
         "available": True,

@@ -10,7 +10,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from verifier_training import sft
+from verifier_training.tasks import get_task
 from verifier_training.tasks.arith import parse_question, reference_solution
+from verifier_training.tasks.base import EVAL_SEED
 from verifier_training.tokenizer import END, build_tokenizer
 
 
@@ -26,10 +28,10 @@ def one_thread():
 def test_examples_label_only_assistant_turns():
     tok = build_tokenizer()
     args = sft.parse_args(["--out", "unused", "--system-frac", "0.5", "--multiturn-frac", "0.5"])
-    rng = random.Random(0)
+    stream = sft.Stream(get_task("arith"), random.Random(0), set())
     kinds = set()
     for _ in range(60):
-        ids, labels = sft.make_example(rng, tok, args)
+        ids, labels = sft.make_example(stream, tok, args)
         assert len(ids) == len(labels)
         text = tok.decode(ids)
         assert text.startswith("<|bos|>") and text.endswith(END)
@@ -46,8 +48,8 @@ def test_pack_keeps_examples_apart():
     torch.manual_seed(0)
     tok = build_tokenizer()
     args = sft.parse_args(["--out", "unused"])
-    rng = random.Random(1)
-    examples = [sft.make_example(rng, tok, args) for _ in range(8)]
+    stream = sft.Stream(get_task("arith"), random.Random(1), set())
+    examples = [sft.make_example(stream, tok, args) for _ in range(8)]
     ids, labels, positions = sft.pack(examples, 160, tok.pad_token_id)
     assert ids.shape[0] < len(examples)  # several examples share a row
     assert int((labels != sft.IGNORE).sum()) == sum(
@@ -69,6 +71,28 @@ def test_pack_keeps_examples_apart():
             for a, b in zip(starts, starts[1:], strict=False):
                 alone = model(input_ids=ids[r : r + 1, a:b], use_cache=False).logits[0]
                 torch.testing.assert_close(packed[r, a:b], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["countdown", "paths"])
+def test_examples_of_other_worlds_use_their_references_and_skip_held_out_prompts(name):
+    task = get_task(name)
+    tok = build_tokenizer(numbers=True)
+    args = sft.parse_args(["--out", "unused", "--task", name])
+    held_out = {p.question for p in task.problems(1000, EVAL_SEED)}
+    # a stream that would otherwise start with held-out problems
+    stream = sft.Stream(task, random.Random(EVAL_SEED), held_out)
+    seen = []
+    for _ in range(40):
+        ids, _ = sft.make_example(stream, tok, args)
+        question = tok.decode(ids).split("<|user|>")[-1].split(END)[0]
+        problem = task.parse(question)
+        assert problem is not None and question not in held_out
+        answer = tok.decode(ids).split("<|assistant|>")[-1].split(END)[0]
+        assert task.check(problem, answer)
+        seen.append(question)
+    assert stream.skipped >= 40 and stream.drawn == stream.skipped + len(seen) + (
+        stream.drawn - stream.skipped - len(seen)
+    )
 
 
 def test_lr_schedule():
@@ -116,6 +140,7 @@ def test_main_smoke(tmp_path):
     } <= names
     record = json.loads((out / "training_config.json").read_text())
     assert record["flags"]["steps"] == 2 and record["flags"]["seed"] == 0
+    assert record["data"]["task"] == "arith" and record["model"]["tokenizer"] == "char"
     config = json.loads((out / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 0)
     if (

@@ -6,17 +6,19 @@ A trained ORM or PRM is judged against these, on the same held-out candidates an
 subset draws as ``evaluate``:
 
     majority               most frequent answer (the server's default without a verifier)
-    exact_step_checker     argmax of "every ``a op b = c`` line is arithmetically right"
-                           (``tasks.arith.step_arithmetic_ok``): a perfect arithmetic PRM
-    weighted_majority_exact  answer with the most candidates that pass the checker
-    addsub_step_checker    the exact checker on ``+``/``-`` lines only, ``*`` lines taken as
-                           right: a verifier that has learned addition and subtraction but
-                           not multiplication
+    exact_step_checker     argmax of "every step passes the task's step checker"
+                           (``Task.check_step``; arithmetic: each ``a op b = c`` line is
+                           right): a perfect step verifier that never sees the answer line
+    weighted_majority_exact  answer with the most candidates that pass the step checker
+    <partial checks>       argmax of each of the task's ``partial_checks``: a verifier that
+                           knows one part of the checker (arithmetic: ``+``/``-`` lines only;
+                           Countdown: the answer's value only, its numbers only; paths: the
+                           path's ends only, its edges only)
     policy_mean_logprob    argmax of the policy's mean token log-probability (what the
                            server's ``logprob`` selector does)
-    policy_greedy_steps    argmax of "every result the candidate wrote is the policy's own
-                           greedy choice", ties broken by mean log-probability: the policy
-                           checking its arithmetic against itself
+    policy_greedy_steps    (arithmetic, char-level policies) argmax of "every result the
+                           candidate wrote is the policy's own greedy choice", ties broken by
+                           mean log-probability: the policy checking its arithmetic itself
     oracle                 some candidate is correct (pass@N)
 
 The exact checker is an upper bound for a step verifier; the policy rows show how much the
@@ -44,7 +46,7 @@ from verifier_training.evaluate import (
     table,
 )
 from verifier_training.records import SampleRecord, read_samples, write_json
-from verifier_training.tasks.arith import step_arithmetic_ok
+from verifier_training.tasks import get_task
 from verifier_training.train_orm import DEFAULT_POLICY, pad
 
 
@@ -55,8 +57,8 @@ class Candidate:
     answer: str | None
     correct: bool
     mean_lp: float  # the policy's mean token log-probability
-    exact: float  # 1.0: every `a op b = c` line is right
-    addsub: float  # 1.0: every `+`/`-` line is right
+    exact: float  # 1.0: every step passes the task's step checker
+    partial: dict[str, float]  # the task's partial checks, 1.0 or 0.0
     greedy: float  # 1.0 (+ a log-prob tie-break): every result is the policy's argmax
 
 
@@ -135,28 +137,31 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         s = stats[(r.question, r.completion)]
         mean_lp = sum(lp for lp, _ in s) / max(1, len(s))
+        task, problem = get_task(r.task), r.problem()
         steps = split_steps(r.completion)
-        checks = [step_arithmetic_ok(step) for step in steps]
+        checks = [task.check_step(problem, steps, j) for j in range(len(steps))]
         groups.setdefault(r.problem_id, []).append(Candidate(
             answer=r.answer, correct=r.correct, mean_lp=mean_lp,
             exact=float(all(c is not False for c in checks)),
-            addsub=float(all(step_arithmetic_ok(step, ops="+-") is not False for step in steps)),
+            partial={k: float(v) for k, v in task.partial_checks(problem, r.completion).items()},
             greedy=float(greedy_steps_ok(r.completion, s)) + 0.01 * math.tanh(mean_lp),
         ))
 
+    first = next(iter(groups.values()))[0]
     methods = {
         "pass@1": pass_at_1,
         "majority": pick(majority, None),
         "exact_step_checker": pick(verifier, lambda c: c.exact),
         "weighted_majority_exact": pick(weighted_majority, lambda c: c.exact),
-        "addsub_step_checker": pick(verifier, lambda c: c.addsub),
+        **{name: pick(verifier, lambda c, name=name: c.partial[name]) for name in first.partial},
         "policy_mean_logprob": pick(verifier, lambda c: c.mean_lp),
-        "policy_greedy_steps": pick(verifier, lambda c: c.greedy),
-        "oracle": oracle,
     }
+    if records[0].task == "arith":  # needs one token per character and `= ` results
+        methods["policy_greedy_steps"] = pick(verifier, lambda c: c.greedy)
+    methods["oracle"] = oracle
     wrong = [c for g in groups.values() for c in g if not c.correct]
     caught = sum(c.exact == 0.0 for c in wrong)
-    print(f"wrong candidates with a wrong `a op b = c` line: {caught} of {len(wrong)}")
+    print(f"wrong candidates with a step the step checker refuses: {caught} of {len(wrong)}")
     k = min(len(g) for g in groups.values())
     ns = powers_of_two(k)
     curve = best_of_n(list(groups.values()), methods, ns, args.subsets, args.seed)
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "curve": {m: {str(n): round(a, 5) for n, (a, _) in by_n.items()}
                       for m, by_n in curve.items()},
             "gap_closed": {m: None if g is None else round(g, 4) for m, g in gaps.items()},
-            "wrong_with_arithmetic_error": [caught, len(wrong)],
+            "wrong_with_a_wrong_step": [caught, len(wrong)],
         })
     print(f"done in {time.time() - start:.0f} s")
     return 0

@@ -80,6 +80,36 @@ class Scored:
 
 # ------------------------------------------------------------------------- pure metrics
 
+def right_answer_wrong_steps(
+    records: Sequence[SampleRecord], scored: Sequence[Scored], aggregation: str
+) -> dict[str, Any]:
+    """Correct candidates with a step the task's step checker refuses, and the mean ORM and
+    PRM scores of those against correct candidates whose every step passes."""
+    from bon_server.scorers.steps import split_steps
+    from verifier_training.tasks import get_task
+
+    groups: dict[bool, list[Scored]] = {True: [], False: []}
+    for r, s in zip(records, scored, strict=True):
+        if not r.correct:
+            continue
+        task, problem = get_task(r.task), r.problem()
+        steps = split_steps(r.completion)
+        bad = any(task.check_step(problem, steps, j) is False for j in range(len(steps)))
+        groups[bad].append(s)
+
+    def mean(values: list[float | None]) -> float | None:
+        kept = [v for v in values if v is not None]
+        return round(sum(kept) / len(kept), 4) if kept else None
+
+    out: dict[str, Any] = {"right_answer_wrong_steps": len(groups[True]),
+                           "right_answer_right_steps": len(groups[False])}
+    for bad, name in ((True, "wrong_steps"), (False, "right_steps")):
+        out[f"mean_orm_{name}"] = mean([s.orm for s in groups[bad]])
+        out[f"mean_prm_{aggregation}_{name}"] = mean(
+            [s.prm(aggregation) if s.prm_steps is not None else None for s in groups[bad]])
+    return out
+
+
 def rank_wins(scores: Sequence[float], labels: Sequence[bool]) -> tuple[float, int]:
     """(positive-over-negative wins with ties counted 1/2, number of such pairs), from ranks in
     O(n log n) rather than over every pair."""
@@ -433,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         processbench = {**first_error_f1(ref, pred), "solutions": len(ref),
                         "threshold": THRESHOLD, "deduplicated_by": "problem and steps"}
 
+    wrong_steps = right_answer_wrong_steps(records, scored, args.prm_aggregation)
     gaps = {m: gap_closed(curve, m, n) for m in curve if m not in ("pass@1", "oracle")
             for n in [16] if n in ns}
     prm_aggs = [m for m in curve if m.startswith("prm_")]
@@ -453,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_prm_aggregation_at_16": best_agg,
         "pairwise_accuracy": {m: None if v is None else round(v, 4) for m, v in pairwise.items()},
         "processbench": processbench,
+        "right_answer_wrong_steps": wrong_steps,
         "seconds": {"sample": round(sampled_s, 1), "score_orm": round(orm_s, 1),
                     "score_prm": round(prm_s, 1), "best_of_n": round(curve_s, 1),
                     "total": round(time.time() - start, 1)},
@@ -468,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  if g is not None))
     print("pairwise accuracy: " + "  ".join(f"{m} {v:.3f}" for m, v in pairwise.items()
                                             if v is not None))
+    if wrong_steps["right_answer_wrong_steps"]:
+        print("right answer, wrong steps: " + "  ".join(f"{k} {v}" for k, v in wrong_steps.items()))
     if processbench:
         print("PRM first-error (ProcessBench): " + "  ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"

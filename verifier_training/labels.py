@@ -24,9 +24,11 @@ Cost control:
   share their first lines); each prefix's request seed is derived from its text, so labels
   do not depend on which candidate asked first.
 
-``--method exact`` needs no policy and no rollouts: the arithmetic world can check a step on
-its own (``tasks.arith.step_arithmetic_ok``), so a step is good when it and every step
-before it are arithmetically right (and, for the answer line, the candidate is correct).
+``--method exact`` needs no policy and no rollouts: it asks the task's step checker
+(``Task.check_step``; arithmetic: the line's arithmetic; Countdown: true arithmetic on
+available numbers that can still make the target; paths: a listed edge that chains on and
+can still reach the target), so a step is good when it and every step before it pass (and,
+for the answer line, the candidate is correct).
 These are the labels a perfect human labeller would give (as in PRM800K) for the errors
 the checker sees; they are written as 1-of-1 counts with ``labeller: "exact"``.
 
@@ -56,7 +58,7 @@ from verifier_training.records import (
     read_samples,
     write_jsonl,
 )
-from verifier_training.tasks.arith import check_answer, step_arithmetic_ok
+from verifier_training.tasks import check_question, get_task
 
 # (question, reference, prefix text) -> number of M rollouts that reach the reference
 Rollout = Callable[[str, str, str], Awaitable[int]]
@@ -163,7 +165,7 @@ class GeneratorRollout:
             request = self.generator.prepare(prompt, params, n=self.m)
             generation = await self.generator.generate(request)
         self.requests += 1
-        return sum(check_answer(reference, prefix + c.text) for c in generation.candidates)
+        return sum(check_question(question, prefix + c.text) for c in generation.candidates)
 
 
 async def label_records(
@@ -201,9 +203,10 @@ def exact_labels(records: Sequence[SampleRecord]) -> list[StepLabelRecord]:
         steps = tuple(split_steps(r.completion))
         if not steps:
             continue
+        task, problem = get_task(r.task), r.problem()
         counts, ok = [], True
-        for j, step in enumerate(steps):
-            ok = ok and step_arithmetic_ok(step) is not False
+        for j in range(len(steps)):
+            ok = ok and task.check_step(problem, steps, j) is not False
             if j == len(steps) - 1:
                 ok = ok and r.correct
             counts.append(int(ok))
@@ -270,6 +273,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=512, help="vLLM context length")
     p.add_argument("--concurrency", type=int, default=64, help="rollout requests in flight")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache size in GiB")
+    p.add_argument("--dtype", default="auto",
+                   help="engine dtype (auto: native bfloat16 where the hardware has it, "
+                        "else float32)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
 
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go() -> tuple[list[StepLabelRecord], dict[str, int]]:
         generator = open_generator(policy, seed=args.seed, max_model_len=args.max_model_len,
-                                   kv_cache_gib=args.kv_cache_gib)
+                                   kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
         try:
             return await run_labelling(generator, records, args, policy)
         finally:

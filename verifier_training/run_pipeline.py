@@ -16,8 +16,9 @@ functions (``train-orm``, ``train-prm``, ``evaluate`` and ``export`` run through
     orm/  prm/  eval/{eval.json,eval.csv,eval.png,scores.jsonl}  export/  pipeline.json
 
 ``--resume`` reuses any of those files that already exist. ``--ship`` copies the trained
-verifiers to ``bon_server/embedded/arith-orm`` and ``arith-prm`` (with ``eval.json`` as
-``evaluation.json``). A summary table of stage wall times and results ends the run.
+verifiers to ``bon_server/embedded/<task>-orm`` and ``<task>-prm`` (with ``eval.json`` as
+``evaluation.json``); the task is the policy's world unless ``--task`` names one. A summary
+table of stage wall times and results ends the run.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import shutil
 import time
 from typing import Any
 
+from bon_server.config import SERVING_FILE
 from verifier_training import evaluate, export, labels, sampling, train_orm, train_prm
 from verifier_training.records import read_samples, write_json, write_jsonl
-from verifier_training.tasks.arith import sample_problems
+from verifier_training.tasks import TASKS, get_task, policy_task
+from verifier_training.tasks.base import EVAL_SEED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory for every stage's files")
     p.add_argument("--policy", default="bon_server/embedded/arith-policy",
                    help="policy model directory: sampled, rolled out, and the verifiers' init")
+    p.add_argument("--task", default=None, choices=list(TASKS),
+                   help="the world (default: the one the policy was trained on)")
     # sizes
     p.add_argument("--train-problems", type=int, default=1500, help="training problems")
     p.add_argument("--train-k", type=int, default=16, help="candidates per training problem")
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="training problem stream seed")
     p.add_argument("--eval-problems", type=int, default=500, help="held-out problems")
     p.add_argument("--eval-k", type=int, default=64, help="candidates per held-out problem")
-    p.add_argument("--eval-seed", type=int, default=sampling.EVAL_SEED,
+    p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
                    help="held-out problem stream seed (distinct from --train-seed)")
     p.add_argument("--rollouts", type=int, default=8, help="M: rollouts per step prefix")
     p.add_argument("--label-records", type=int, default=6000,
@@ -65,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens per candidate")
     p.add_argument("--concurrency", type=int, default=32, help="sampling requests in flight")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache size in GiB")
+    p.add_argument("--dtype", default="auto",
+                   help="engine dtype (auto: native bfloat16 where the hardware has it, "
+                        "else float32)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the engine, label subsets, rollouts, training and evaluation")
     # training and evaluation
@@ -76,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subsets", type=int, default=32, help="evaluation subsets per problem and N")
     p.add_argument("--resume", action="store_true", help="reuse stage outputs that already exist")
     p.add_argument("--ship", action="store_true",
-                   help="copy the trained verifiers to bon_server/embedded/arith-{orm,prm}")
+                   help="copy the trained verifiers to bon_server/embedded/<task>-{orm,prm}")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     return p.parse_args(argv)
 
@@ -91,7 +99,7 @@ async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
         return
     t0 = time.time()
     generator = sampling.open_generator(args.policy, seed=args.seed,
-                                        kv_cache_gib=args.kv_cache_gib)
+                                        kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
     seconds["engine_start"] = time.time() - t0
     common = dict(policy=args.policy, temperature=args.temperature, top_p=1.0,
                   max_tokens=args.max_tokens, concurrency=args.concurrency,
@@ -103,9 +111,10 @@ async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
             if have(name):
                 continue
             t0 = time.time()
+            task = get_task(args.task or policy_task(args.policy))
             records = await sampling.sample_problem_records(
-                generator, sample_problems(n, seed), split=split, problem_seed=seed, k=k,
-                desc=f"sample-{split}", **common)
+                generator, sampling.problem_stream(task, n, seed), split=split,
+                problem_seed=seed, k=k, desc=f"sample-{split}", task=task, **common)
             write_jsonl(paths[name], records)
             seconds[f"sample_{split}"] = time.time() - t0
             info[name] = sampling.summarize(records)
@@ -141,6 +150,32 @@ def ship(src: str, name: str, eval_json: str) -> str:
     if os.path.exists(eval_json):
         shutil.copy(eval_json, dst / "evaluation.json")
     return str(dst)
+
+
+# evaluate's method -> how the server serves it: (verifier kind, selector, PRM aggregation)
+SERVED_AS: dict[str, tuple[str | None, str, str | None]] = {
+    "majority": (None, "majority", None),
+    "orm": ("orm", "verifier", None),
+    "weighted_majority_orm": ("orm", "weighted_majority", None),
+    **{f"prm_{how}": ("prm", "verifier", how) for how in ("min", "prod", "last", "mean")},
+}
+
+
+def serving_defaults(ev: dict[str, Any], world: str, n: str = "16") -> dict[str, Any]:
+    """The ``serving.json`` for a world: the method that evaluated best at N (ties: the first
+    of majority, the ORM's, the PRM's), as the verifier, its kind, selector and aggregation."""
+    wm_prm = ("prm", "weighted_majority", ev["prm_aggregation_for_weighted_majority"])
+    served = dict(SERVED_AS, weighted_majority_prm=wm_prm)
+    accuracy = {m: ev["curve"][m][n]["accuracy"] for m in served if m in ev["curve"]}
+    best = max(accuracy, key=lambda m: (accuracy[m], -list(served).index(m)))
+    kind, selector, aggregation = served[best]
+    out: dict[str, Any] = {"method": best, "accuracy_at_16": accuracy[best],
+                           "majority_at_16": accuracy.get("majority"),
+                           "verifier": f"{world}-{kind}" if kind else None,
+                           "verifier_kind": kind, "default_selector": selector}
+    if aggregation:
+        out["prm_aggregation"] = aggregation
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     shipped = {}
     eval_json = os.path.join(paths["eval"], "eval.json")
     if args.ship:
-        shipped = {"orm": ship(paths["orm"], "arith-orm", eval_json),
-                   "prm": ship(paths["prm"], "arith-prm", eval_json)}
+        world = args.task or policy_task(args.policy)
+        shipped = {"orm": ship(paths["orm"], f"{world}-orm", eval_json),
+                   "prm": ship(paths["prm"], f"{world}-prm", eval_json)}
+        with open(eval_json) as f:
+            serving = serving_defaults(json.load(f), world)
+        if os.path.isdir(args.policy):
+            write_json(os.path.join(args.policy, SERVING_FILE), serving)
+            shipped["serving"] = serving
     seconds["total"] = time.time() - start
 
     # --- summary ------------------------------------------------------------------------------
@@ -218,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "pairwise_accuracy", "processbench")},
     })
     print("\n=== pipeline summary ===")
+    if "serving" in shipped:
+        print(f"  serving defaults ({SERVING_FILE}): {shipped['serving']}")
     for stage, s in seconds.items():
         print(f"  {stage:16s} {s:8.1f} s")
     ns = [n for n in ("1", "4", "16", "64") if n in ev["curve"]["oracle"]]

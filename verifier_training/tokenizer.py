@@ -1,4 +1,4 @@
-"""The project's character-level tokenizer.
+"""The project's tokenizers: character-level, or character-level with numbers as words.
 
 One token per character: every printable ASCII character plus ``\\n`` and ``\\t``; any other
 character becomes ``<|unk|>``. Seven special tokens frame chats::
@@ -10,6 +10,11 @@ character becomes ``<|unk|>``. Seven special tokens frame chats::
 would join them with spaces). The tokenizer is saved with ``transformers``'
 ``PreTrainedTokenizerFast`` so that both ``AutoTokenizer.from_pretrained(dir)`` and vLLM load
 it from a model directory.
+
+With ``numbers=True`` (the Countdown and graph-path policies) every number from 10 to 999
+written without a leading zero is one token too (``57`` is one token, ``1234`` is ``123`` +
+``4``): copying a node label or an operand from the prompt becomes a one-token lookup (an
+induction head) and ``a op b = c`` facts a table, while the text is still any string.
 """
 
 from __future__ import annotations
@@ -36,12 +41,20 @@ CHAT_TEMPLATE = (
 MODEL_MAX_LENGTH = 512
 
 
-def build_tokenizer(model_max_length: int = MODEL_MAX_LENGTH) -> PreTrainedTokenizerFast:
-    """A fresh character-level tokenizer with the special tokens and the chat template."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(10, 1000))
+
+
+def build_tokenizer(
+    model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False
+) -> PreTrainedTokenizerFast:
+    """A fresh tokenizer with the special tokens and the chat template: one token per
+    character, and with ``numbers`` one per number 10..999 as well."""
+    words = SPECIAL_TOKENS + CHARACTERS + (NUMBERS if numbers else ())
+    vocab = {tok: i for i, tok in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every character, newlines included, is its own pre-token.
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Every character, newlines included, is its own pre-token (and so is a number).
+    pattern = r"[1-9]\d{1,2}|[\s\S]" if numbers else r"[\s\S]"
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()  # concatenate: no spaces between characters
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
