@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .admission import WorkGate
-from .config import Settings
+from .config import SERVING_FILE, Settings, world_defaults
 from .errors import BonError, error_body, type_for_status
 from .generators import Generator, build_generator
 from .logs import RequestContextMiddleware
@@ -82,7 +82,17 @@ def create_app(
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):
             metrics.engine_unfinished.set_function(gen.num_unfinished)
-        log.info("serving %s (verifier: %s)", settings.model_name, settings.verifier or "none")
+        log.info(
+            "serving %s (verifier: %s %s, default selector: %s%s)",
+            settings.model_name,
+            settings.verifier or "none",
+            settings.verifier_kind if settings.verifier else "",
+            settings.default_selector or ("verifier" if settings.verifier else "majority"),
+            f", from the policy's {SERVING_FILE}"
+            if settings.world_defaults and world_defaults(settings.model)
+            and settings.upstream is None
+            else "",
+        )
         if not settings.api_keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
                 "listening on %s with no --api-key: anyone can spend this server's compute",

@@ -17,7 +17,24 @@ from .answers import DEFAULT_RULES, check_rules
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 EMBEDDED_POLICY = EMBEDDED_DIR / "arith-policy"
-EMBEDDED_POLICY_NAME = "arith-policy"
+# A policy directory may say how its world is best served: ``serving.json`` names the shipped
+# verifier (a directory beside the policy, or a path), its kind, the selector and the PRM
+# aggregation that evaluated best. They are the defaults whenever the policy is served; any
+# of them given explicitly wins, and ``--no-world-defaults`` ignores the file.
+SERVING_FILE = "serving.json"
+WORLD_DEFAULT_FIELDS = ("verifier", "verifier_kind", "default_selector", "prm_aggregation")
+
+
+def world_defaults(model: str) -> dict[str, str]:
+    """The serving defaults a policy directory ships (empty without ``serving.json``)."""
+    path = Path(model) / SERVING_FILE
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    out = {k: data[k] for k in WORLD_DEFAULT_FIELDS if data.get(k) is not None}
+    if "verifier" in out and not Path(out["verifier"]).is_absolute():
+        out["verifier"] = str(Path(model).parent / out["verifier"])
+    return out
 
 
 def _string_list(value: object) -> list[str]:
@@ -134,6 +151,21 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(1, ge=1)
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE)")
     enforce_eager: bool = False
+    world_defaults: bool = Field(
+        True, description="apply the policy's serving.json (its world's verifier and selector)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _world_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict) or not data.get("world_defaults", True):
+            return data
+        if data.get("upstream") is not None:  # proxy mode: the policy is elsewhere
+            return data
+        defaults = world_defaults(str(data.get("model", EMBEDDED_POLICY)))
+        if "verifier" in data:  # an explicit verifier (or None) brings its own kind and selector
+            defaults = {k: v for k, v in defaults.items() if k == "prm_aggregation"}
+        return {**defaults, **data}
 
     @field_validator("answer_rules", mode="before")
     @classmethod
@@ -189,6 +221,6 @@ class Settings(BaseSettings):
             return self.served_model_name
         if self.upstream is not None and self.upstream_model:
             return self.upstream_model
-        if Path(self.model) == EMBEDDED_POLICY:
-            return EMBEDDED_POLICY_NAME
+        if Path(self.model).resolve().parent == EMBEDDED_DIR.resolve():
+            return Path(self.model).name  # "arith-policy", "paths-policy", ...
         return self.model.rstrip("/")

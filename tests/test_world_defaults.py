@@ -1,0 +1,65 @@
+"""A policy's ``serving.json``: its world's verifier and selector become the defaults."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from bon_server.config import SERVING_FILE, Settings, world_defaults
+from verifier_training.run_pipeline import serving_defaults
+
+
+def _world(tmp_path, **serving):
+    policy, orm = tmp_path / "paths-policy", tmp_path / "paths-orm"
+    policy.mkdir()
+    orm.mkdir()
+    (policy / SERVING_FILE).write_text(json.dumps(serving))
+    return policy, orm
+
+
+def test_serving_json_sets_verifier_kind_and_selector(tmp_path):
+    policy, orm = _world(tmp_path, verifier="paths-orm", verifier_kind="orm",
+                         default_selector="verifier", method="orm")
+    s = Settings(model=str(policy))
+    assert (s.verifier, s.verifier_kind, s.default_selector) == (str(orm), "orm", "verifier")
+    assert s.model_name == str(policy)  # only embedded policies are served by their dir name
+    assert world_defaults(str(policy))["verifier"] == str(orm)
+
+
+def test_explicit_settings_win_and_the_file_can_be_ignored(tmp_path):
+    policy, _ = _world(tmp_path, verifier="paths-orm", verifier_kind="orm",
+                       default_selector="verifier", prm_aggregation="last")
+    s = Settings(model=str(policy), default_selector="majority")
+    assert s.default_selector == "majority" and s.verifier is not None
+    s = Settings(model=str(policy), verifier=None)  # explicitly none: majority
+    assert s.verifier is None and s.default_selector is None
+    s = Settings(model=str(policy), verifier="/some/prm", verifier_kind="prm")
+    assert s.verifier == "/some/prm" and s.prm_aggregation == "last"
+    s = Settings(model=str(policy), world_defaults=False)
+    assert s.verifier is None
+    with pytest.raises(ValidationError, match="needs --verifier"):
+        Settings(model=str(policy), verifier=None, default_selector="verifier")
+
+
+def test_no_serving_file_changes_nothing(tmp_path):
+    (tmp_path / "p").mkdir()
+    s = Settings(model=str(tmp_path / "p"))
+    assert s.verifier is None and s.default_selector is None
+
+
+def _eval(**acc):
+    return {"prm_aggregation_for_weighted_majority": "min",
+            "curve": {m: {"16": {"accuracy": a}} for m, a in acc.items()}}
+
+
+def test_serving_defaults_pick_what_evaluated_best():
+    ev = _eval(majority=0.5, orm=0.7, weighted_majority_orm=0.6, prm_min=0.65, prm_last=0.72,
+               weighted_majority_prm=0.71, oracle=0.9, **{"pass@1": 0.3})
+    s = serving_defaults(ev, "paths")
+    assert s == {"method": "prm_last", "accuracy_at_16": 0.72, "majority_at_16": 0.5,
+                 "verifier": "paths-prm", "verifier_kind": "prm",
+                 "default_selector": "verifier", "prm_aggregation": "last"}
+    s = serving_defaults(_eval(majority=0.8, orm=0.7, prm_min=0.8), "arith")
+    assert s["method"] == "majority" and s["verifier"] is None  # ties go to voting
+    s = serving_defaults(_eval(majority=0.5, weighted_majority_prm=0.6), "countdown")
+    assert (s["default_selector"], s["prm_aggregation"]) == ("weighted_majority", "min")
