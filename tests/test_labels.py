@@ -138,3 +138,32 @@ def test_exact_labels_are_good_until_the_first_wrong_operation() -> None:
     assert labels[2].hard_labels() == [True, True, False]  # only the outcome says it is wrong
     assert all(lab.labeller == "exact" and lab.rollouts == 1 for lab in labels)
     assert labels[1].soft_labels() == [1.0, 1.0, 1.0]
+
+
+def test_exact_labels_use_the_record_world_step_checker() -> None:
+    from dataclasses import replace
+
+    question = "Find a path from 12 to 57. Edges: 12>3, 3>57, 12>8, 8>41."
+    base = replace(record(), question=question, reference="12>3>57", task="paths")
+    right = replace(base, completion="12>3\n3>57\nThe answer is 12>3>57.", correct=True)
+    arm = replace(base, completion="12>8\n8>41\nThe answer is 12>8>41.", sample_index=1)
+    forged = replace(base, completion="12>3\n3>41\nThe answer is 12>3>41.", sample_index=2)
+    labels = exact_labels([right, arm, forged])
+    assert [lab.hard_labels() for lab in labels] == [
+        [True, True, True],
+        [False, False, False],  # the wrong arm: the target is unreachable from 8
+        [True, False, False],  # 3>41 is not an edge
+    ]
+
+
+def test_agreement_counts_per_step_disagreements() -> None:
+    from dataclasses import replace
+
+    from verifier_training.labels import agreement
+
+    exact = exact_labels([record("3 * 4 = 12\n2 + 12 = 15\nThe answer is 15.")])
+    mc = [replace(exact[0], counts=(3, 1, 0), rollouts=4, labeller="rollouts")]
+    found = agreement(exact, mc)
+    # exact: good, bad, bad; rollouts: good, good, bad
+    assert found == {"candidates": 1, "steps": 3, "agreement": round(2 / 3, 4),
+                     "ours_good_theirs_bad": 0, "ours_bad_theirs_good": 1}

@@ -55,6 +55,7 @@ from verifier_training.records import (
     LABELLERS,
     SampleRecord,
     StepLabelRecord,
+    read_labels,
     read_samples,
     write_jsonl,
 )
@@ -276,8 +277,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto",
                    help="engine dtype (auto: native bfloat16 where the hardware has it, "
                         "else float32)")
+    p.add_argument("--compare", default=None,
+                   help="another StepLabelRecords JSONL of the same candidates (e.g. the "
+                        "rollout labels): print how often the two labellers agree per step")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
+
+
+def agreement(ours: Sequence[StepLabelRecord], theirs: Sequence[StepLabelRecord]) -> dict:
+    """Step by step, on the candidates both label: how often the hard labels agree, and the
+    two kinds of disagreement (a step one calls good that the other calls bad)."""
+    other = {r.key: r for r in theirs}
+    both = good_bad = bad_good = candidates = 0
+    for r in ours:
+        o = other.get(r.key)
+        if o is None or o.steps != r.steps:
+            continue
+        candidates += 1
+        for a, b in zip(r.hard_labels(), o.hard_labels(), strict=True):
+            both += a == b
+            good_bad += a and not b
+            bad_good += b and not a
+    steps = both + good_bad + bad_good
+    return {"candidates": candidates, "steps": steps,
+            "agreement": round(both / steps, 4) if steps else None,
+            "ours_good_theirs_bad": good_bad, "ours_bad_theirs_good": bad_good}
 
 
 async def run_labelling(
@@ -333,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(args.out, labels)
     print(f"labelled {len(labels)} candidates{how} in {time.time() - start:.0f} s -> {args.out}")
     print("  ".join(f"{k} {v}" for k, v in {**summarize(labels), **counters}.items()))
+    if args.compare:
+        found = agreement(labels, read_labels(args.compare))
+        print(f"against {args.compare}: " + "  ".join(f"{k} {v}" for k, v in found.items()))
     return 0
 
 
