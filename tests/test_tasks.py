@@ -193,3 +193,37 @@ def test_generators_are_their_own_streams():
     for task in TASKS.values():
         rng = random.Random(5)
         assert [task.sample(rng) for _ in range(5)] == task.problems(5, 5)
+
+
+def test_countdown_corrupt_makes_near_misses_the_checker_refuses():
+    rng = random.Random(0)
+    made = 0
+    for p in COUNTDOWN.problems(200, seed=9):
+        ref = COUNTDOWN.reference(p)
+        bad = COUNTDOWN.corrupt(p, ref, rng)
+        if bad is None:
+            continue
+        made += 1
+        assert not COUNTDOWN.check(p, bad)
+        assert len(bad.splitlines()) == len(ref.splitlines())  # an edit, not a rewrite
+        assert sum(a != b for a, b in zip(bad.splitlines(), ref.splitlines(), strict=True)) <= 2
+    assert made > 150
+
+
+def test_hard_negatives_are_wrong_copies_of_right_records():
+    from dataclasses import replace
+
+    from verifier_training.records import SampleRecord
+    from verifier_training.train_orm import hard_negatives
+
+    p = COUNTDOWN.problems(1, seed=3)[0]
+    right = SampleRecord(
+        problem_id="train-101-00000", question=p.question, reference=p.answer,
+        completion=COUNTDOWN.reference(p), answer=None, correct=True, policy="p",
+        temperature=1.0, top_p=1.0, max_tokens=128, seed=1, sample_index=0,
+        finish_reason="stop", completion_tokens=10, task="countdown")
+    wrong = replace(right, completion="The answer is 1.", correct=False, sample_index=1)
+    out = hard_negatives([right, wrong], 3.0, random.Random(0))
+    assert 1 <= len(out) <= 3 and all(not r.correct for r in out)
+    assert all(not COUNTDOWN.check(p, r.completion) for r in out)
+    assert {r.problem_id for r in out} == {right.problem_id}

@@ -165,6 +165,28 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
+def hard_negatives(records: Sequence[SampleRecord], rate: float,
+                   rng: random.Random) -> list[SampleRecord]:
+    """Near misses of the correct candidates, labelled wrong: ``rate`` per correct record on
+    average (the task's ``corrupt``; worlds without one add none)."""
+    from dataclasses import replace
+
+    from verifier_training.tasks import get_task
+
+    out = []
+    for r in records:
+        task = get_task(r.task)
+        if not r.correct or not hasattr(task, "corrupt"):
+            continue
+        copies = int(rate) + (rng.random() < rate - int(rate))
+        for k in range(copies):
+            text = task.corrupt(r.problem(), r.completion, rng)
+            if text is not None:
+                out.append(replace(r, completion=text, correct=False,
+                                   answer=None, sample_index=-1 - k))
+    return out
+
+
 # ------------------------------------------------------------------------------- evaluation
 
 def predict(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int) -> list[float]:
@@ -213,6 +235,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m verifier_training train-orm", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--records", required=True, help="JSONL of SampleRecords to train on")
+    p.add_argument("--hard-negatives", type=float, default=0.0,
+                   help="per correct training candidate, this many edited wrong copies on "
+                        "average (the task's corrupt: a forged step, a swapped number); 0: none")
     p.add_argument("--out", required=True, help="output model directory (files overwritten)")
     p.add_argument("--init", default=DEFAULT_POLICY,
                    help="starting weights: the policy directory (default; a new 1-logit head on "
@@ -263,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             outcomes.setdefault(r.problem_id, set()).add(r.correct)
         train = [r for r in train if len(outcomes[r.problem_id]) == 2]
     val = [r for r in records if r.problem_id in val_ids]  # as sampled: duplicates kept
+    negatives = hard_negatives(train, args.hard_negatives, rng) if args.hard_negatives else []
+    train += negatives
 
     train_texts = [format_for_orm(tokenizer, r.prompt, r.completion) for r in train]
     val_texts = [format_for_orm(tokenizer, r.prompt, r.completion) for r in val]
@@ -271,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     train_y = torch.tensor([float(r.correct) for r in train])
     stats = {
         "records": len(records), "train": len(train), "val": len(val),
+        "hard_negatives": len(negatives),
         "train_problems": len({r.problem_id for r in train}), "val_problems": len(val_ids),
         "train_positive_rate": round(float(train_y.mean()), 4) if len(train) else None,
         "mean_tokens": round(sum(map(len, train_ids)) / max(1, len(train_ids)), 1),

@@ -54,6 +54,9 @@ class Task(Protocol):
     def partial_checks(self, problem: Any, completion: str) -> dict[str, bool]:
         """Named parts of the checker (a verifier that knows only one), for ``ceilings``."""
 
+    # optional: ``corrupt(problem, completion, rng) -> str | None``, a near miss of a right
+    # completion that the checker refuses (hard negatives for ``train-orm``)
+
 
 def answer_line(completion: str) -> str | None:
     """The content of the last line ``The answer is ....`` (the server's ``final_line``)."""

@@ -334,6 +334,34 @@ class CountdownTask:
     def check_step(self, problem: Problem, steps: Sequence[str], i: int) -> bool | None:
         return step_ok(problem, steps, i)
 
+    def corrupt(self, problem: Problem, completion: str, rng: random.Random) -> str | None:
+        """A near miss of a right completion, for hard negatives: a forged step (one operand
+        of a step changed, its result kept, and the answer's literal with it), or one number
+        of the answer swapped for another. None when the edit would still be right."""
+        lines = completion.strip().splitlines()
+        found = answer_line(completion)
+        if found is None:
+            return None
+        steps = [i for i, line in enumerate(lines) if parse_step(line) is not None]
+        literals = [m.start() for m in re.finditer(r"\d+", found)]
+        if steps and rng.random() < 0.5:
+            i = rng.choice(steps)
+            a, op, b, c = parse_step(lines[i])  # type: ignore[misc]
+            new_b = max(1, b + rng.choice((-2, -1, 1, 2)))
+            lines[i] = f"{a} {op} {new_b} = {c}"
+            found = re.sub(rf"(?<!\d){b}(?!\d)", str(new_b), found, count=1)
+        elif literals:
+            at = rng.choice(literals)
+            end = at + len(re.match(r"\d+", found[at:]).group())  # type: ignore[union-attr]
+            swap = rng.choice([v for v in range(MIN_VALUE, MAX_VALUE + 1)
+                               if v != int(found[at:end])])
+            found = found[:at] + str(swap) + found[end:]
+        else:
+            return None
+        lines[-1] = f"The answer is {found}."
+        text = "\n".join(lines)
+        return None if self.check(problem, text) else text
+
     def partial_checks(self, problem: Problem, completion: str) -> dict[str, bool]:
         """Halves of the checker, for ``ceilings``: a verifier that checks only one of them."""
         found = answer_line(completion)
