@@ -8,6 +8,7 @@ starts, so even a streaming request gets a plain 4xx.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -63,6 +64,7 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 404)
 }
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -294,13 +296,17 @@ async def health(request: Request) -> Response:
     if getattr(request.app.state, "draining", False):
         return JSONResponse({"status": "draining"}, status_code=503)
     pipeline = _pipeline(request)
-    for backend in (pipeline.generator, pipeline.scorer):  # engine or upstream; remote verifier
+    for what, backend in (("policy", pipeline.generator), ("verifier", pipeline.scorer)):
         check = getattr(backend, "check_health", None)
         try:
             if check is not None:
                 await check()
         except Exception as exc:
-            return JSONResponse({"status": "unhealthy", "detail": str(exc)}, status_code=503)
+            # /health is open to anyone: the exception's text may name an upstream's address
+            # or carry its credentials, so it goes to the log only
+            log.warning("health check of the %s failed: %s", what, exc)
+            detail = f"the {what} backend is not answering"
+            return JSONResponse({"status": "unhealthy", "detail": detail}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 

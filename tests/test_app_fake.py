@@ -480,6 +480,20 @@ def test_health(client):
     assert r.json() == {"status": "ok"}
 
 
+class _Unreachable(ScriptedGenerator):
+    async def check_health(self) -> None:
+        raise ConnectionError("http://admin:hunter2@10.0.0.7:8000/v1 refused the connection")
+
+
+def test_unhealthy_backend_is_503_without_its_address_or_credentials(caplog):
+    with serve(generator=_Unreachable(TEXTS)) as c, caplog.at_level("WARNING"):
+        r = c.get("/health")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unhealthy", "detail": "the policy backend is not answering"}
+    assert "10.0.0.7" not in r.text and "hunter2" not in r.text
+    assert any("10.0.0.7" in rec.getMessage() for rec in caplog.records)  # the log has it
+
+
 def test_metrics_endpoint():
     metrics = Metrics()
     with serve(scorer=ConstantScorer(SCORES), metrics=metrics) as c:

@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     from bon_server.dtypes import resolve_dtype
 
     device = "cpu" if current_platform.is_cpu() else "cuda"
+    dtype = resolve_dtype(args.dtype, device=device, what="passk engine")
     llm = LLM(
         model=args.model,
-        dtype=resolve_dtype(args.dtype, device=device, what="passk engine"),
+        dtype=dtype,
         max_model_len=args.max_model_len,
         seed=args.seed,
         enable_chunked_prefill=False,
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": args.model,
         "task": task.name,
+        "dtype": dtype,
         "problems": len(problems),
         "seed": args.seed,
         "k": args.k,
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("model", args.model),
         ("problems", f"{len(problems)} (seed {args.seed})"),
+        ("dtype", dtype),
         (
             "samples",
             f"{args.k} per problem, temperature {args.temperature}, max_tokens {args.max_tokens}",
