@@ -158,7 +158,10 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _world_defaults(cls, data: object) -> object:
-        if not isinstance(data, dict) or not data.get("world_defaults", True):
+        if not isinstance(data, dict):
+            return data
+        wanted = data.get("world_defaults", True)  # BON_WORLD_DEFAULTS arrives as text
+        if str(wanted).strip().lower() in ("0", "false", "no", "off"):
             return data
         if data.get("upstream") is not None:  # proxy mode: the policy is elsewhere
             return data

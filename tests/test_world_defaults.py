@@ -37,6 +37,14 @@ def test_explicit_settings_win_and_the_file_can_be_ignored(tmp_path):
     assert s.verifier == "/some/prm" and s.prm_aggregation == "last"
     s = Settings(model=str(policy), world_defaults=False)
     assert s.verifier is None
+
+
+def test_world_defaults_off_from_the_environment(tmp_path, monkeypatch):
+    policy, _ = _world(tmp_path, verifier="paths-orm", verifier_kind="orm")
+    monkeypatch.setenv("BON_WORLD_DEFAULTS", "false")
+    assert Settings(model=str(policy)).verifier is None
+    monkeypatch.setenv("BON_WORLD_DEFAULTS", "true")
+    assert Settings(model=str(policy)).verifier is not None
     with pytest.raises(ValidationError, match="needs --verifier"):
         Settings(model=str(policy), verifier=None, default_selector="verifier")
 
