@@ -36,7 +36,7 @@ def build(path: Path, num_labels: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module", params=[1, 2], ids=["sigmoid", "softmax"])
 def scorer(request, tmp_path_factory) -> ORMScorer:
     path = build(tmp_path_factory.mktemp("orm") / f"labels{request.param}", request.param)
-    s = ORMScorer.from_pretrained(str(path), device="cpu", batch_size=64)
+    s = ORMScorer.from_pretrained(str(path), device="cpu", dtype="float32", batch_size=64)
     assert s.model.config.num_labels == request.param
     return s
 
@@ -75,8 +75,8 @@ def test_matches_the_model_read_by_hand(scorer):
 
 def test_small_batch_size_gives_the_same_scores(tmp_path):
     path = build(tmp_path / "orm", 1)
-    big = ORMScorer.from_pretrained(str(path), device="cpu", batch_size=64)
-    small = ORMScorer.from_pretrained(str(path), device="cpu", batch_size=1)
+    big = ORMScorer.from_pretrained(str(path), device="cpu", dtype="float32", batch_size=64)
+    small = ORMScorer.from_pretrained(str(path), device="cpu", dtype="float32", batch_size=1)
     assert small.score_texts(TEXTS) == pytest.approx(big.score_texts(TEXTS), abs=1e-5)
 
 
@@ -141,7 +141,7 @@ def test_format_for_orm_concatenates_text_prompts():
 def test_three_label_head_is_rejected(tmp_path):
     path = build(tmp_path / "orm3", 3)
     with pytest.raises(ValueError, match="1 or 2 labels"):
-        ORMScorer.from_pretrained(str(path), device="cpu")
+        ORMScorer.from_pretrained(str(path), device="cpu", dtype="float32")
 
 
 def test_cuda_without_cuda_is_a_clear_error(tmp_path):

@@ -55,7 +55,9 @@ def prm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def scorers(prm_dirs: dict[str, Path]) -> dict[str, PRMScorer]:
     return {
-        name: PRMScorer.from_pretrained(str(path), step_format=name, device="cpu", batch_size=8)
+        name: PRMScorer.from_pretrained(
+            str(path), step_format=name, device="cpu", dtype="float32", batch_size=8
+        )
         for name, path in prm_dirs.items()
     }
 
@@ -103,7 +105,7 @@ def score(scorer: PRMScorer, texts: list[str], aggregation: str | None = None) -
 
 @pytest.mark.parametrize("name", ["bon", "qwen", "math_shepherd"])
 def test_auto_detects_the_format(prm_dirs, name):
-    scorer = PRMScorer.from_pretrained(str(prm_dirs[name]), device="cpu")
+    scorer = PRMScorer.from_pretrained(str(prm_dirs[name]), device="cpu", dtype="float32")
     assert scorer.kind == "prm"
     assert scorer.fmt is STEP_FORMATS[name]
     assert scorer.aggregation == "min"
@@ -112,7 +114,7 @@ def test_auto_detects_the_format(prm_dirs, name):
 def test_auto_refuses_a_plain_tokenizer(prm_dirs):
     # rlhflow's tokenizer is the project's own: nothing to detect, it must be named
     with pytest.raises(ValueError, match="name it explicitly with step_format"):
-        PRMScorer.from_pretrained(str(prm_dirs["rlhflow"]), device="cpu")
+        PRMScorer.from_pretrained(str(prm_dirs["rlhflow"]), device="cpu", dtype="float32")
 
 
 def test_loads_each_head(scorers):
@@ -151,7 +153,7 @@ def test_qwen_prm_needs_trust_remote_code(prm_dirs, tmp_path):
     config["architectures"] = ["Qwen2ForProcessRewardModel"]
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="trust_remote_code=True"):
-        PRMScorer.from_pretrained(str(tmp_path / "qwen-prm"), device="cpu")
+        PRMScorer.from_pretrained(str(tmp_path / "qwen-prm"), device="cpu", dtype="float32")
 
 
 # --- scores ----------------------------------------------------------------------------

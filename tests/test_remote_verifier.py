@@ -283,7 +283,7 @@ def test_remote_scores_equal_in_process_scores(pytestconfig):
 
     servers = vllm_servers(pytestconfig)
     orm, prm = servers["orm"], servers["prm"]
-    local_orm = ORMScorer.from_pretrained(str(orm.model), device="cpu")
+    local_orm = ORMScorer.from_pretrained(str(orm.model), device="cpu", dtype="float32")
     remote_orm = RemoteORMScorer.from_settings(
         Settings(verifier=str(orm.model), verifier_url=orm.base_url)
     )
@@ -291,7 +291,7 @@ def test_remote_scores_equal_in_process_scores(pytestconfig):
         asyncio.run(local_orm.score(PROMPT, cands())), abs=1e-4
     )
 
-    local_prm = PRMScorer.from_pretrained(str(prm.model), device="cpu")
+    local_prm = PRMScorer.from_pretrained(str(prm.model), device="cpu", dtype="float32")
     remote_prm = RemotePRMScorer.from_settings(
         Settings(verifier=str(prm.model), verifier_kind="prm", verifier_url=prm.root)
     )

@@ -98,7 +98,7 @@ def test_train_orm_smoke(policy: str, tmp_path: Path) -> None:
     assert config["flags"]["steps"] == 5 and config["model"]["num_labels"] == 1
     assert config["data"]["train"] + config["data"]["val"] == len(SOLUTIONS)
     assert config["result"]["train_seconds"] >= 0 and "pairwise_accuracy" in config["result"]["val"]
-    scorer = ORMScorer.from_pretrained(str(out), device="cpu")
+    scorer = ORMScorer.from_pretrained(str(out), device="cpu", dtype="float32")
     prompt = question_prompt(SOLUTIONS[0][0])
     scores = asyncio.run(scorer.score(prompt, candidates([s[2] for s in SOLUTIONS[:2]])))
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
@@ -114,7 +114,8 @@ def test_train_prm_smoke(policy: str, tmp_path: Path, soft: bool) -> None:
     assert config["resolved"]["step_token_added"] is True
     assert config["resolved"]["labels"] == ("soft" if soft else "hard")
     assert "f1" in config["result"]["val"]
-    scorer = PRMScorer.from_pretrained(str(out), device="cpu")  # format detected: bon
+    # float32: the score checks below are exact; the format is detected (bon)
+    scorer = PRMScorer.from_pretrained(str(out), device="cpu", dtype="float32")
     assert scorer.fmt.name == "bon"
     assert scorer.model.config.num_labels == 2
     assert scorer.model.get_input_embeddings().num_embeddings == len(scorer.tokenizer)

@@ -864,7 +864,7 @@ def test_remote_orm_scores_equal_the_in_process_orm(client, upstreams):
         max_tokens=96,
         extra_body={"best_of": 6, "selector": "verifier", "return_candidates": True},
     )
-    local = ORMScorer.from_pretrained(str(upstreams["orm"].model), device="cpu")
+    local = ORMScorer.from_pretrained(str(upstreams["orm"].model), device="cpu", dtype="float32")
     expected = asyncio.run(local.score(as_prompt(), candidates_of(r.bon)))
     assert r.bon["verifier_scores"] == pytest.approx(expected, abs=1e-4)
 
@@ -886,7 +886,7 @@ def test_proxy_with_the_remote_prm(proxy_prm, upstreams):
             },
         )
     assert r.bon["prm_aggregation"] == "prod"
-    local = PRMScorer.from_pretrained(str(upstreams["prm"].model), device="cpu")
+    local = PRMScorer.from_pretrained(str(upstreams["prm"].model), device="cpu", dtype="float32")
     expected = asyncio.run(local.score(as_prompt(), candidates_of(r.bon), "prod"))
     assert r.bon["verifier_scores"] == pytest.approx(expected, abs=1e-4)
     assert any(s > 0 for s in r.bon["verifier_scores"])
