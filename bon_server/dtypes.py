@@ -6,7 +6,11 @@ emulates it (measured 1.7-3x slower than float32 on such a CPU for the embedded 
 ``verifier_training``:
 
 - CUDA: bfloat16 where the device supports it, else float16;
-- CPU: bfloat16 only with AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``), else float32.
+- CPU: bfloat16 only with AMX (``amx_bf16``) or AVX512-BF16 (``avx512_bf16``), else float32;
+  but a transformers verifier on CPU stays float32 (``component="verifier"``): in bfloat16 its
+  process grew with every new batch shape (the soak test: 1012 -> 1344 MiB in 3 minutes on a
+  CPU with AVX512-BF16, against 625 -> 626 MiB in float32), and its scores moved with padding
+  by more than 1e-5.
 
 An explicit dtype always wins. ``choose_dtype`` takes the CPU flags and the CUDA facts as
 arguments so the rule can be tested without the hardware; ``resolve_dtype`` reads them off
@@ -54,10 +58,16 @@ def choose_dtype(
     device: str,
     flags: Iterable[str] = (),
     cuda_bf16: bool = False,
+    component: str = "engine",
 ) -> DtypeChoice:
-    """The dtype for ``requested`` on ``device`` ("cpu" or "cuda..."), with the reason."""
+    """The dtype for ``requested`` on ``device`` ("cpu" or "cuda...") for a ``component``
+    ("engine": a vLLM engine; "verifier": a transformers model), with the reason."""
     if requested != "auto":
         return DtypeChoice(requested, "asked for explicitly")
+    if component == "verifier" and not device.startswith("cuda"):
+        return DtypeChoice(
+            "float32", "a verifier on CPU: bfloat16 grows memory with every batch shape"
+        )
     if device.startswith("cuda"):
         if cuda_bf16:
             return DtypeChoice("bfloat16", "CUDA device supports bfloat16")
@@ -70,7 +80,10 @@ def choose_dtype(
     )
 
 
-def resolve_dtype(requested: str = "auto", *, device: str = "auto", what: str = "engine") -> str:
+def resolve_dtype(
+    requested: str = "auto", *, device: str = "auto", what: str = "engine",
+    component: str = "engine",
+) -> str:
     """``choose_dtype`` on this machine's facts, logged; ``device="auto"``: CUDA if present."""
     cuda_bf16 = False
     if device == "auto" or device.startswith("cuda"):
@@ -84,6 +97,8 @@ def resolve_dtype(requested: str = "auto", *, device: str = "auto", what: str = 
         except ImportError:  # pragma: no cover - torch is a dependency
             device = "cpu" if device == "auto" else device
     flags = cpu_flags() if not device.startswith("cuda") else ()
-    choice = choose_dtype(requested, device=device, flags=flags, cuda_bf16=cuda_bf16)
+    choice = choose_dtype(
+        requested, device=device, flags=flags, cuda_bf16=cuda_bf16, component=component
+    )
     log.info("%s dtype on %s: %s", what, device, choice)
     return choice.dtype

@@ -55,3 +55,12 @@ def test_resolve_logs_the_choice_and_why(caplog):
     assert dtype == expected
     [record] = caplog.records
     assert record.getMessage().startswith(f"policy engine dtype on cpu: {expected} (")
+
+
+def test_a_verifier_on_cpu_stays_float32_and_on_cuda_follows_the_device():
+    bf16 = [*NO_BF16, "avx512_bf16", "amx_bf16"]
+    assert choose_dtype("auto", device="cpu", flags=bf16, component="verifier").dtype == "float32"
+    assert choose_dtype("bfloat16", device="cpu", flags=bf16, component="verifier").dtype == (
+        "bfloat16")
+    cuda = choose_dtype("auto", device="cuda", cuda_bf16=True, component="verifier")
+    assert cuda.dtype == "bfloat16"

@@ -36,7 +36,7 @@ def build(path: Path, num_labels: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module", params=[1, 2], ids=["sigmoid", "softmax"])
 def scorer(request, tmp_path_factory) -> ORMScorer:
     path = build(tmp_path_factory.mktemp("orm") / f"labels{request.param}", request.param)
-    s = ORMScorer.from_pretrained(str(path), device="cpu", dtype="float32", batch_size=64)
+    s = ORMScorer.from_pretrained(str(path), device="cpu", batch_size=64)  # auto: float32
     assert s.model.config.num_labels == request.param
     return s
 

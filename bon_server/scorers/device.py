@@ -14,5 +14,6 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("verifier device 'cuda' was asked for, but no CUDA device is available")
-    torch_dtype = getattr(torch, resolve_dtype(dtype, device=device, what="verifier"))
+    chosen = resolve_dtype(dtype, device=device, what="verifier", component="verifier")
+    torch_dtype = getattr(torch, chosen)
     return torch.device(device), torch_dtype
