@@ -102,3 +102,11 @@ def resolve_dtype(
     )
     log.info("%s dtype on %s: %s", what, device, choice)
     return choice.dtype
+
+
+def resolve_engine_dtype(requested: str = "auto", *, what: str = "engine") -> str:
+    """``resolve_dtype`` for a vLLM engine on vLLM's own platform (CPU or CUDA)."""
+    from vllm.platforms import current_platform
+
+    device = "cpu" if current_platform.is_cpu() else "cuda"
+    return resolve_dtype(requested, device=device, what=what)

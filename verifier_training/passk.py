@@ -79,12 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = task.problems(args.problems, args.seed)
     # No chunked prefill: a seeded request whose prefill is split crashes the CPU sampler
     # ("CPU Generator does not use offset", vLLM 0.32).
-    from vllm.platforms import current_platform
+    from bon_server.dtypes import resolve_engine_dtype
 
-    from bon_server.dtypes import resolve_dtype
-
-    device = "cpu" if current_platform.is_cpu() else "cuda"
-    dtype = resolve_dtype(args.dtype, device=device, what="passk engine")
+    dtype = resolve_engine_dtype(args.dtype, what="passk engine")
     llm = LLM(
         model=args.model,
         dtype=dtype,

@@ -62,16 +62,14 @@ def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_c
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.platforms import current_platform
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from bon_server.dtypes import resolve_dtype
+    from bon_server.dtypes import resolve_engine_dtype
     from bon_server.generators.vllm_engine import VLLMGenerator
 
-    device = "cpu" if current_platform.is_cpu() else "cuda"
     args = AsyncEngineArgs(
         model=policy, tokenizer=policy, served_model_name=[policy], seed=seed,
-        dtype=resolve_dtype(dtype, device=device, what="sampling engine"),
+        dtype=resolve_engine_dtype(dtype, what="sampling engine"),
         max_model_len=max_model_len, enable_prefix_caching=True, enable_chunked_prefill=False,
         max_num_batched_tokens=max(4096, max_model_len), generation_config="vllm",
         disable_log_stats=True,

@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from verifier_training.tasks import TASKS, Task, get_task  # noqa: E402
-from verifier_training.tasks.base import HELD_OUT, held_out_questions  # noqa: E402
+from verifier_training.tasks import TASKS, get_task  # noqa: E402
+from verifier_training.tasks.base import HELD_OUT, Stream, held_out_questions  # noqa: E402
 from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer  # noqa: E402
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
@@ -130,22 +130,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
-
-
-class Stream:
-    """The training problems: ``task.sample(rng)``, skipping held-out prompts (counted)."""
-
-    def __init__(self, task: Task, rng: random.Random, excluded: set[str]) -> None:
-        self.task, self.rng, self.excluded = task, rng, excluded
-        self.drawn = self.skipped = 0
-
-    def next(self):  # type: ignore[no-untyped-def]
-        while True:
-            problem = self.task.sample(self.rng)
-            self.drawn += 1
-            if problem.question not in self.excluded:
-                return problem
-            self.skipped += 1
 
 
 def make_example(

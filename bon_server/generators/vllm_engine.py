@@ -44,15 +44,14 @@ class VLLMGenerator:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from ..dtypes import resolve_dtype
+        from ..dtypes import resolve_engine_dtype
 
-        device = "cpu" if current_platform.is_cpu() else "cuda"
         args = AsyncEngineArgs(
             model=settings.model,
             tokenizer=settings.model,
             served_model_name=[settings.model_name],
             seed=settings.seed,
-            dtype=resolve_dtype(settings.dtype, device=device, what="policy engine"),
+            dtype=resolve_engine_dtype(settings.dtype, what="policy engine"),
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,

@@ -75,6 +75,22 @@ def held_out_questions(task: Task, count: int = HELD_OUT) -> set[str]:
     return {p.question for p in task.problems(count, EVAL_SEED)}
 
 
+class Stream:
+    """Problems drawn one by one from ``rng``, skipping prompts in ``excluded`` (counted)."""
+
+    def __init__(self, task: Task, rng: Any, excluded: set[str]) -> None:
+        self.task, self.rng, self.excluded = task, rng, excluded
+        self.drawn = self.skipped = 0
+
+    def next(self) -> Any:
+        while True:
+            problem = self.task.sample(self.rng)
+            self.drawn += 1
+            if problem.question not in self.excluded:
+                return problem
+            self.skipped += 1
+
+
 def training_problems(
     task: Task, count: int, seed: int, exclude: set[str]
 ) -> tuple[list[Any], int]:
@@ -82,11 +98,6 @@ def training_problems(
     how many draws were skipped (how often a fresh draw repeats a held-out prompt)."""
     import random
 
-    rng, out, skipped = random.Random(seed), [], 0
-    while len(out) < count:
-        problem = task.sample(rng)
-        if problem.question in exclude:
-            skipped += 1
-        else:
-            out.append(problem)
-    return out, skipped
+    stream = Stream(task, random.Random(seed), exclude)
+    problems = [stream.next() for _ in range(count)]
+    return problems, stream.skipped
