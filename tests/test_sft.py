@@ -154,3 +154,41 @@ def test_main_smoke(tmp_path):
             "transformers_version",
             "_from_model_config",
         }
+
+
+def test_mimetic_init_makes_every_head_a_copier():
+    config = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=64)
+    model = LlamaForCausalLM(config)
+    sft.mimetic_attention_init(model)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        assert torch.equal(attn.q_proj.weight, attn.k_proj.weight)
+        ov = attn.o_proj.weight @ attn.v_proj.weight  # hidden x hidden
+        # near the identity: its diagonal dominates (a random init's is about zero)
+        assert ov.diagonal().mean() > 0.8
+        assert (ov - torch.diag(ov.diagonal())).abs().mean() < 0.25
+
+
+def test_arrow_tokens_start_composed_from_their_parts():
+    tok = build_tokenizer(arrows=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    assert sft.compose_arrow_embeddings(model, tok) == 1000
+    table, vocab = model.get_input_embeddings().weight, tok.get_vocab()
+    for n in (0, 7, 57, 999):
+        want = (table[vocab[str(n)]] + table[vocab[">"]]) / 2**0.5
+        assert torch.allclose(table[vocab[f"{n}>"]], want)
+    # tied: the output side scores the composed token too
+    assert torch.equal(model.lm_head.weight[vocab["57>"]], table[vocab["57>"]])
+
+
+def test_prompt_loss_trains_on_the_prompt_too():
+    tok = build_tokenizer(arrows=True)
+    args = sft.parse_args(["--out", "unused", "--task", "paths", "--prompt-loss",
+                           "--system-frac", "0", "--multiturn-frac", "0"])
+    stream = sft.Stream(get_task("paths"), random.Random(0), set())
+    ids, labels = sft.make_example(stream, tok, args)
+    assert labels == ids

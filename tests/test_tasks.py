@@ -227,3 +227,35 @@ def test_hard_negatives_are_wrong_copies_of_right_records():
     assert 1 <= len(out) <= 3 and all(not r.correct for r in out)
     assert all(not COUNTDOWN.check(p, r.completion) for r in out)
     assert {r.problem_id for r in out} == {right.problem_id}
+
+
+def test_paths_corrupt_makes_whole_wrong_solutions_of_each_kind():
+    rng = random.Random(0)
+    made = {"forge": 0, "wrong_end": 0, "swap": 0}
+    for p in PATHS.problems(300, seed=9):
+        ref = PATHS.reference(p)
+        bad = PATHS.corrupt(p, ref, rng)
+        if bad is None:
+            continue
+        assert not PATHS.check(p, bad)
+        steps = bad.splitlines()[:-1]
+        nodes = [int(x) for x in bad.splitlines()[-1].removeprefix("The answer is ")
+                 .removesuffix(".").split(">")]
+        # steps and answer line tell the same (wrong) path
+        assert steps == [f"{a}>{b}" for a, b in zip(nodes, nodes[1:], strict=False)]
+        assert nodes[0] == p.start
+        listed = [(a, b) in set(p.edges) for a, b in zip(nodes, nodes[1:], strict=False)]
+        used = {n for edge in p.edges for n in edge}
+        if not set(nodes) <= used:
+            made["swap"] += 1
+            assert listed.count(False) == 2  # into and out of the unlisted node
+        elif nodes[-1] != p.target:
+            made["wrong_end"] += 1
+            assert all(listed) and nodes[1] != p.path[1]
+        elif nodes[1] != p.path[1]:
+            made["forge"] += 1
+            assert all(listed[:-1]) and not listed[-1]  # only the last edge is forged
+        else:
+            raise AssertionError(f"not a near miss of a known kind: {bad!r}")
+    assert min(made.values()) > 50, made
+    assert PATHS.corrupt(p, "no answer here", rng) is None

@@ -78,6 +78,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "countdown, char for arith)",
     )
     p.add_argument(
+        "--mimetic-init",
+        action="store_true",
+        help="start every attention layer as a copier (W_k = W_q, W_o = W_v^T; Trockman & "
+        "Kolter 2023): a world whose answers copy labels from the prompt learns in far fewer steps",
+    )
+    p.add_argument(
+        "--arrow-init",
+        default="compose",
+        choices=("compose", "random"),
+        help="arrows tokenizer only: start each 'N>' embedding as (emb(N) + emb('>')) / sqrt 2 "
+        "(compose), so that writing the node just reached as the next step's 'N>' is not a "
+        "99-entry table to learn from scratch; random: like every other token",
+    )
+    p.add_argument(
         "--exclude-eval",
         type=int,
         default=HELD_OUT,
@@ -118,6 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.10,
         help="fraction of examples with an earlier turn",
+    )
+    p.add_argument(
+        "--prompt-loss",
+        action="store_true",
+        help="train on the prompts' tokens too, not only the answers (a paths prompt is full of "
+        "labels that repeat: more copy targets while the model learns its lookups)",
     )
     p.add_argument(
         "--pack-len",
@@ -163,7 +183,7 @@ def make_example(
         context = tokenizer.encode(prompt[len(rendered) :], add_special_tokens=False)
         answer = tokenizer.encode(message["content"] + END, add_special_tokens=False)
         ids += context + answer
-        labels += [IGNORE] * len(context) + answer
+        labels += (context if args.prompt_loss else [IGNORE] * len(context)) + answer
         rendered = prompt + message["content"] + END
     assert rendered == tokenizer.apply_chat_template(messages, tokenize=False)
     return ids, labels
@@ -210,6 +230,47 @@ def lr_factor(step: int, args: argparse.Namespace) -> float:
     return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, progress))
     )
+
+
+def compose_arrow_embeddings(model: LlamaForCausalLM, tokenizer) -> int:
+    """Start every ``N>`` token's embedding as ``(emb(N) + emb('>')) / sqrt 2``.
+
+    With the arrows tokenizer a node is written in two forms: ``57`` where an edge ends and
+    ``57>`` where the next one starts. Random embeddings make the map between the forms a
+    table the model must learn entry by entry before any lookup pays (a 1.2M-parameter policy
+    sat on a loss plateau for 700 steps); with tied embeddings a composed start gives it for
+    free: a state that carries ``57`` and ``>`` scores ``57>`` above both. Returns how many
+    rows were set."""
+    vocab = tokenizer.get_vocab()
+    table = model.get_input_embeddings().weight
+    arrow = table[vocab[">"]].detach().clone()
+    done = 0
+    with torch.no_grad():
+        for token, i in vocab.items():
+            if token.endswith(">") and token[:-1].isdigit() and token[:-1] in vocab:
+                table[i] = (table[vocab[token[:-1]]] + arrow) / math.sqrt(2)
+                done += 1
+    return done
+
+
+def mimetic_attention_init(model: LlamaForCausalLM, qk: float = 1.0, vo: float = 1.0) -> None:
+    """Mimetic initialisation of every attention layer (Trockman & Kolter, 2023): ``W_k = W_q``
+    so that a head starts out attending to tokens like the current one, and ``W_o = W_v^T``
+    (rescaled) so that ``W_o W_v`` is near ``vo * I`` and a head starts out *copying* what it
+    attends to. With tied embeddings that copy raises the logits of the attended tokens, so
+    copying a label from the prompt pays from the first step instead of after a long plateau
+    (a 1.3M-parameter paths policy sat at the unigram loss on labels, 4.65 nats, for 300+
+    steps with the default init)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            hidden = attn.q_proj.weight.shape[1]
+            q = torch.randn_like(attn.q_proj.weight) / math.sqrt(hidden) * qk
+            attn.q_proj.weight.copy_(q)
+            attn.k_proj.weight.copy_(q[: attn.k_proj.weight.shape[0]])
+            v = torch.randn_like(attn.v_proj.weight) / math.sqrt(hidden)
+            attn.v_proj.weight.copy_(v)
+            attn.o_proj.weight.copy_(v.T * vo)
 
 
 def _training_config(directory: str) -> dict | None:
@@ -262,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32)
     else:
         model = LlamaForCausalLM(config).float()
+        if args.mimetic_init:
+            mimetic_attention_init(model)
+        if kind == "arrows" and args.arrow_init == "compose":
+            composed = compose_arrow_embeddings(model, tokenizer)
+            print(f"arrow tokens composed from their parts: {composed}")
     # Only the token ids: vLLM applies generation_config.json sampling fields as request defaults.
     model.generation_config = GenerationConfig(**special)
     n_params = sum(p.numel() for p in model.parameters())

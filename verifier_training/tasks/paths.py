@@ -152,6 +152,36 @@ class PathsTask:
     def check_step(self, problem: Problem, steps: Sequence[str], i: int) -> bool | None:
         return step_ok(problem, steps, i)
 
+    def corrupt(self, problem: Problem, completion: str, rng: random.Random) -> str | None:
+        """A near miss of a right completion, for hard negatives, written as a whole solution
+        (steps and answer line agree): another arm followed and its last edge forged into the
+        target (``12>8``, ``8>57``: what a policy that guesses the first step writes), another
+        arm followed to its own end, or one inner node swapped for an unlisted label. None when
+        the edit would still be right (or the completion has no answer line)."""
+        if answer_line(completion) is None:
+            return None
+        path = problem.path
+        children: dict[int, list[int]] = {}
+        for a, b in problem.edges:
+            children.setdefault(a, []).append(b)
+        others = [c for c in children.get(problem.start, []) if len(path) < 2 or c != path[1]]
+        kind = rng.choice(("forge", "wrong_end", "swap"))
+        if kind in ("forge", "wrong_end") and others:
+            arm = [problem.start, rng.choice(others)]
+            while arm[-1] in children:
+                arm.append(children[arm[-1]][0])
+            nodes = arm[:-1] + [problem.target] if kind == "forge" else arm
+        else:
+            if len(path) < 3:
+                return None
+            used = {n for edge in problem.edges for n in edge}
+            i = rng.randrange(1, len(path) - 1)
+            free = [n for n in range(MIN_LABEL, MAX_LABEL + 1) if n not in used]
+            nodes = path[:i] + [rng.choice(free)] + path[i + 1 :]
+        steps = [f"{a}>{b}" for a, b in zip(nodes, nodes[1:], strict=False)]
+        text = "\n".join([*steps, f"The answer is {'>'.join(map(str, nodes))}."])
+        return None if self.check(problem, text) else text
+
     def partial_checks(self, problem: Problem, completion: str) -> dict[str, bool]:
         """Halves of the checker, for ``ceilings``: a verifier that checks only one of them."""
         found = answer_line(completion)
