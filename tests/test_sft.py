@@ -192,3 +192,21 @@ def test_prompt_loss_trains_on_the_prompt_too():
     stream = sft.Stream(get_task("paths"), random.Random(0), set())
     ids, labels = sft.make_example(stream, tok, args)
     assert labels == ids
+
+
+def test_previous_token_head_attends_one_token_back_from_the_start():
+    tok = build_tokenizer(arrows=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
+                         tie_word_embeddings=True, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    sft.mimetic_attention_init(model)
+    sft.previous_token_head_init(model, seed=0)
+    ids = torch.randint(7, len(tok), (2, 80))  # any ordinary tokens
+    attention = model(ids, output_attentions=True).attentions
+    head, other = attention[0][:, 0], attention[0][:, 1]
+    back = torch.stack([head[:, i, i - 1] for i in range(1, 80)], dim=1)
+    assert back.mean() > 0.9 and back.min() > 0.5
+    # the other heads were left to the mimetic init: not previous-token heads
+    assert torch.stack([other[:, i, i - 1] for i in range(1, 80)], dim=1).mean() < 0.5
