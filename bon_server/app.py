@@ -82,6 +82,8 @@ def create_app(
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):
             metrics.engine_unfinished.set_function(gen.num_unfinished)
+        if hasattr(gen, "engine_metrics"):
+            metrics.engine_families.source = gen.engine_metrics
         log.info(
             "serving %s (verifier: %s %s, default selector: %s%s)",
             settings.model_name,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -85,3 +88,17 @@ class Metrics:
         self.auth_failures = Counter(
             "bon_auth_failures_total", "Requests refused with 401.", registry=r
         )
+        # the in-process engine's own metrics (vLLM's vllm:*), served beside ours
+        self.engine_families = _Borrowed()
+        r.register(self.engine_families)
+
+
+class _Borrowed:
+    """Metric families another library keeps (vLLM's), read at scrape time; none until
+    ``source`` is set."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[Any]] | None = None
+
+    def collect(self) -> Iterable[Any]:
+        return self.source() if self.source is not None else ()

@@ -5,9 +5,9 @@ real in-process vLLM engine) on the embedded arithmetic policy with a tiny ORM
 that this file builds (random weights: its scores are arbitrary but real), and
 yields its base URL. Tests talk to it with the official ``openai`` SDK or httpx.
 
-Also shared by the engine suites: ``wait_for`` (poll a condition), ``started`` (a
-``ChildProcess`` for the length of a ``with``), and the chat helpers ``MODEL``, ``Q``,
-``chat`` and ``rendered``.
+Also shared by the engine suites: ``wait_for`` (poll a condition), ``assert_aborted``
+(what only an abort in the engine explains), ``started`` (a ``ChildProcess`` for the length
+of a ``with``), and the chat helpers ``MODEL``, ``Q``, ``chat`` and ``rendered``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,37 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+# A request that only an abort stops early: every candidate runs to max_tokens (ignore_eos),
+# about 7 s of the engine's work on the 2-core machine, far past ABORT_WINDOW_S.
+LONG_REQUEST = {"best_of": 64, "max_tokens": 460, "ignore_eos": True}
+LONG_REQUEST_TOKENS = 64 * 460  # what it generates if nothing aborts it
+ABORT_WINDOW_S = 2.0
+
+
+def assert_aborted(
+    generated: Callable[[], float], unfinished: Callable[[], float], before: float
+) -> None:
+    """What only an abort explains, for a ``LONG_REQUEST`` that was disconnected or timed out:
+    within ``ABORT_WINDOW_S`` the engine holds nothing (``unfinished`` is 0) and its own
+    generated-token counter (``generated``: vLLM's ``vllm:generation_tokens_total``) stops,
+    having grown since ``before`` by less than the request costs when it runs to the end."""
+    assert wait_for(lambda: unfinished() == 0, ABORT_WINDOW_S), (
+        f"the engine still holds {unfinished():g} sequences {ABORT_WINDOW_S} s later"
+    )
+    deadline = time.monotonic() + ABORT_WINDOW_S
+    last = generated()
+    while True:  # a step already running in the engine may still report a few tokens
+        time.sleep(0.5)
+        now = generated()
+        if now == last:
+            break
+        assert time.monotonic() < deadline, f"the engine keeps generating: {last:g} -> {now:g}"
+        last = now
+    assert now - before < LONG_REQUEST_TOKENS, (
+        f"{now - before:g} tokens generated: the request ran to its end"
+    )
 
 
 def free_port() -> int:

@@ -12,13 +12,13 @@ import time
 import httpx
 import pytest
 from asgi_app import MESSAGES, openai_error
-from conftest import ServerProcess, started, wait_for
+from conftest import LONG_REQUEST, ServerProcess, assert_aborted, started, wait_for
 
 pytestmark = pytest.mark.engine
 
 
 ENGINE_KEY = "sk-engine-test"
-LONG = {"best_of": 64, "max_tokens": 460, "ignore_eos": True}
+LONG = LONG_REQUEST
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,9 @@ def test_engine_keys_with_the_openai_sdk(guarded):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_engine_deadline_aborts_every_candidate(guarded, stream):
+    """The 1.5 s deadline passes long before the request could end: the engine stops at once."""
     before = guarded.metric("bon_request_timeouts_total")
+    tokens = guarded.metric("vllm:generation_tokens_total")
     r = engine_chat(guarded.base_url, stream=stream, **LONG)
     if stream:
         events = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
@@ -68,7 +70,11 @@ def test_engine_deadline_aborts_every_candidate(guarded, stream):
     else:
         assert openai_error(r, 504)["code"] == "request_timeout"
     assert guarded.metric("bon_request_timeouts_total") == before + 1
-    assert wait_for(lambda: guarded.metric("bon_engine_unfinished_requests") == 0)
+    assert_aborted(
+        lambda: guarded.metric("vllm:generation_tokens_total"),
+        lambda: guarded.metric("bon_engine_unfinished_requests"),
+        tokens,
+    )
     assert guarded.metric("bon_requests_in_flight") == 0
     assert guarded.metric("bon_sequences_in_flight") == 0
 

@@ -8,7 +8,7 @@ import socket
 import httpx
 import openai
 import pytest
-from conftest import MODEL, Q, chat, rendered, wait_for
+from conftest import LONG_REQUEST, MODEL, Q, assert_aborted, chat, rendered, wait_for
 
 from bon_server.answers import extract_answer
 from verifier_training.tasks.arith import sample_problems
@@ -86,9 +86,37 @@ def test_logprob_selector_and_returned_logprobs(client):
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert all(len(t.top_logprobs) == 2 for t in content)
-    # the score is the mean log-probability over every generated token (the EOS included)
     assert r.choices[0].score < 0
     assert r.choices[0].score == max(r.bon["scores"])
+
+
+def test_logprob_score_is_the_mean_over_the_generated_tokens(client):
+    """As documented: the mean log-probability of every generated token. Cut at max_tokens
+    (no EOS), that is the mean of the returned token logprobs; ended by the EOS, the EOS
+    counts too (it is a generated token, though not part of the text)."""
+    seen = {}
+    for max_tokens in (16, 128):
+        r = chat(
+            client,
+            n=4,
+            seed=5,
+            max_tokens=max_tokens,
+            logprobs=True,
+            extra_body={"best_of": 4, "selector": "logprob", "return_candidates": True},
+        )
+        for choice in r.choices:
+            logprobs = [t.logprob for t in choice.logprobs.content]
+            cand = next(c for c in r.bon["candidates"] if c["text"] == choice.message.content)
+            if choice.finish_reason == "length":
+                assert cand["completion_tokens"] == len(logprobs) == max_tokens
+                assert choice.score == pytest.approx(sum(logprobs) / len(logprobs), abs=1e-9)
+            else:
+                assert cand["completion_tokens"] == len(logprobs) + 1
+                eos = choice.score * (len(logprobs) + 1) - sum(logprobs)
+                assert -30 < eos <= 0  # the EOS's own log-probability
+        assert [c.score for c in r.choices] == sorted((c.score for c in r.choices), reverse=True)
+        seen[max_tokens] = {c.finish_reason for c in r.choices}
+    assert seen == {16: {"length"}, 128: {"stop"}}  # both cases were checked
 
 
 def test_completions_endpoint_with_rendered_prompt(client):
@@ -119,7 +147,15 @@ def test_system_and_multi_turn_messages(client):
     ]
     r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=64, seed=0)
     assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.prompt_tokens > len("What is 6 * 7?")
+    # the policy's template, written out: every turn is rendered, one token per character and
+    # per <|tag|> (the tokenizer is character-level)
+    text = (
+        "<|bos|><|system|>You are a careful calculator.<|end|><|user|>What is 2 + 3?<|end|>"
+        "<|assistant|>= 5\nThe answer is 5.<|end|><|user|>What is 6 * 7?<|end|><|assistant|>"
+    )
+    same = client.completions.create(model=MODEL, prompt=text, max_tokens=1)
+    # <|bos|>, then <|role|> + characters + <|end|> per turn, then <|assistant|>
+    assert r.usage.prompt_tokens == same.usage.prompt_tokens == 1 + 31 + 16 + 22 + 16 + 1
 
 
 def test_seed_makes_requests_reproducible(client):
@@ -151,20 +187,25 @@ def test_max_tokens_reached_is_length(client):
     assert r.usage.completion_tokens == 12
 
 
-def test_policy_solves_easy_problems_better_with_majority(client):
-    """The shipped policy is a real model: majority over 8 beats chance on fresh problems."""
-    problems = sample_problems(12, seed=99)
-    right = 0
+def test_majority_beats_a_single_sample_on_the_same_problems(client):
+    """The shipped policy is a real model, and self-consistency helps it. On 24 seeded
+    four-operand problems (the hardest it is trained on), majority over 8 gets more right
+    than best_of=1 does on the same problems, best_of=1's accuracy measured on the very 8
+    samples majority chose from (each is a best_of=1 answer; their mean is its expectation)."""
+    problems = [p for p in sample_problems(200, seed=99) if len(p.operands) == 4][:24]
+    majority = single = 0.0
     for p in problems:
         r = chat(
             client,
             p.question,
             seed=11,
             max_tokens=128,
-            extra_body={"best_of": 8, "selector": "majority"},
+            extra_body={"best_of": 8, "selector": "majority", "return_candidates": True},
         )
-        right += extract_answer(r.choices[0].message.content) == str(p.answer)
-    assert right >= 3
+        majority += extract_answer(r.choices[0].message.content) == str(p.answer)
+        single += sum(c["answer"] == str(p.answer) for c in r.bon["candidates"]) / 8
+    assert single >= 2, single  # the policy does solve some (measured: 6.4 of 24)
+    assert majority >= single + 1, (majority, single)  # measured: 9 against 6.4
 
 
 # -------------------------------------------------------------------- streaming
@@ -294,9 +335,16 @@ def test_unknown_fields_are_ignored(server):
 
 def test_metrics_count_all_candidates(server, client):
     before = server.metric("bon_completion_tokens_total")
+    engine_before = server.metric("vllm:generation_tokens_total")
     r = chat(client, max_tokens=8, seed=1, extra_body={"best_of": 4})
     after = server.metric("bon_completion_tokens_total")
     assert after - before == r.usage.completion_tokens
+    # vLLM's own counter, served beside ours, agrees: every candidate's tokens were counted
+    assert wait_for(
+        lambda: server.metric("vllm:generation_tokens_total") - engine_before
+        == r.usage.completion_tokens,
+        5,
+    )
     text = httpx.get(f"{server.base_url}/metrics").text
     for name in (
         "bon_request_duration_seconds_bucket",
@@ -310,18 +358,14 @@ def test_metrics_count_all_candidates(server, client):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_disconnect_aborts_every_candidate(server, stream):
-    """A client that goes away mid-generation: the engine drops all of its candidates."""
+    """A client that goes away mid-generation: the engine drops all of its candidates at once
+    and stops generating for them, long before the request could have ended by itself."""
     body = json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": Q}],
-            "best_of": 64,
-            "max_tokens": 460,
-            "ignore_eos": True,
-            "stream": stream,
-        }
+        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
+         "stream": stream}
     ).encode()
     disconnects = server.metric("bon_client_disconnects_total")
+    tokens = server.metric("vllm:generation_tokens_total")
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
@@ -329,9 +373,14 @@ def test_disconnect_aborts_every_candidate(server, stream):
     )
     try:
         assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 64)
+        assert wait_for(lambda: server.metric("vllm:generation_tokens_total") > tokens)
     finally:
         sock.close()  # mid-generation
-    assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 0)
+    assert_aborted(
+        lambda: server.metric("vllm:generation_tokens_total"),
+        lambda: server.metric("bon_engine_unfinished_requests"),
+        tokens,
+    )
     assert wait_for(lambda: server.metric("bon_requests_in_flight") == 0)
     assert wait_for(lambda: server.metric("bon_client_disconnects_total") == disconnects + 1)
 

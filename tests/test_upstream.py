@@ -28,7 +28,17 @@ import httpx
 import openai
 import pytest
 from asgi_app import openai_error
-from conftest import MODEL, Q, ServerProcess, chat, rendered, started, wait_for
+from conftest import (
+    LONG_REQUEST,
+    MODEL,
+    Q,
+    ServerProcess,
+    assert_aborted,
+    chat,
+    rendered,
+    started,
+    wait_for,
+)
 from fastapi.testclient import TestClient
 from upstream_servers import VLLMServer, closed_port, vllm_servers, workdir
 
@@ -978,28 +988,31 @@ def test_proxy_passes_upstream_400s_through(client, proxy):
 
 @pytest.mark.engine
 def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
+    """A client that leaves: the upstream vLLM server (its own metrics, not the proxy's
+    bookkeeping) drops every candidate and stops generating, long before the end."""
     policy = upstreams["policy"]
     body = json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": Q}],
-            "best_of": 32,
-            "max_tokens": 460,
-            "ignore_eos": True,
-        }
+        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST}
     ).encode()
+    tokens = policy.metric("vllm:generation_tokens_total")
     sock = socket.create_connection(("127.0.0.1", proxy.port))
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: "
         b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     try:
-        assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 32)
-        assert wait_for(lambda: policy.metric("vllm:num_requests_running") > 0)
+        assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 64)
+        assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 64)
+        assert wait_for(lambda: policy.metric("vllm:generation_tokens_total") > tokens)
     finally:
         sock.close()
+    assert_aborted(
+        lambda: policy.metric("vllm:generation_tokens_total"),
+        lambda: policy.metric("vllm:num_requests_running")
+        + policy.metric("vllm:num_requests_waiting"),
+        tokens,
+    )
     assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
-    assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 0, 30)
 
 
 @pytest.mark.engine

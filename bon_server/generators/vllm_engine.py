@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import request_id_var
@@ -43,6 +43,7 @@ class VLLMGenerator:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
 
         from ..dtypes import resolve_engine_dtype
 
@@ -62,9 +63,11 @@ class VLLMGenerator:
             enable_chunked_prefill=False if current_platform.is_cpu() else None,
             # The model's generation_config must not silently change request defaults.
             generation_config="vllm",
+            # no periodic stats lines in the log; vLLM's Prometheus metrics are still kept
+            # (the stat logger below) and served on our /metrics
             disable_log_stats=True,
         )
-        engine = AsyncLLM.from_engine_args(args)
+        engine = AsyncLLM.from_engine_args(args, stat_loggers=[PrometheusStatLogger])
         return cls(engine, settings.model_name, settings.max_tokens_limit)
 
     # ------------------------------------------------------------------ prepare
@@ -229,6 +232,13 @@ class VLLMGenerator:
 
     def num_unfinished(self) -> int:
         return self.engine.output_processor.get_num_unfinished_requests()
+
+    def engine_metrics(self) -> Iterable[Any]:
+        """vLLM's own ``vllm:*`` metric families (tokens generated, requests running and
+        waiting, KV cache use), as its ``PrometheusStatLogger`` keeps them in this process."""
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        return [f for f in get_prometheus_registry().collect() if f.name.startswith("vllm:")]
 
     async def check_health(self) -> None:
         await self.engine.check_health()
