@@ -1,17 +1,21 @@
 """The scripted app over httpx's ASGI transport: several requests at once in one event loop.
 
 ``running(app)`` runs the app's lifespan and yields a client; ``scenario`` runs an async
-test body (no asyncio plugin needed).
+test body (no asyncio plugin needed). ``served(app)`` puts the same app behind real uvicorn
+on loopback, for what only a real socket does (a client that hangs up mid-request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
+import uvicorn
 
 from bon_server.app import create_app
 from bon_server.config import Settings
@@ -39,6 +43,26 @@ async def running(app) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bon") as client:
             yield client
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[int]:
+    """Real uvicorn running ``app`` (lifespan included) in a thread; yields its port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def scenario(fn: Callable):

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import time
 import types
 
@@ -24,8 +25,10 @@ from asgi_app import (
     running,
     sample,
     scenario,
+    served,
     wait_until,
 )
+from conftest import wait_for
 
 from bon_server.admission import WorkGate
 from bon_server.app import _aclose, drain
@@ -450,6 +453,42 @@ def test_timeouts_and_disconnects_are_flagged_in_the_log(caplog):
     scenario(run)
     [line] = access_lines(caplog)
     assert line["status"] == 504 and line["timed_out"] is True and line["error"] == "timeout"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_hangs_up_cancels_its_generation_and_is_logged(caplog, stream):
+    """Real uvicorn, a raw socket closed mid-generation: the generation (30 s long) is
+    cancelled within seconds, and the access line says ``"disconnected": true``."""
+    caplog.set_level(logging.INFO, logger="bon.access")
+    metrics = Metrics()
+    gen = ScriptedGenerator(TEXTS, delay_s=30)
+    body = json.dumps(chat_body(best_of=4, stream=stream)).encode()
+
+    def logged() -> list[dict]:
+        return [line for line in access_lines(caplog) if line["id"] == "hangs-up"]
+
+    with served(app_with(gen, metrics=metrics)) as port:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Request-Id: hangs-up\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        try:
+            assert wait_for(lambda: len(gen.calls) == 1, 5)
+            assert sample(metrics, "bon_sequences_in_flight") == 4
+        finally:
+            sock.close()
+        assert wait_for(lambda: gen.cancelled == 1, 5)
+        assert wait_for(lambda: len(logged()) == 1, 5)
+        assert wait_for(lambda: sample(metrics, "bon_requests_in_flight") == 0, 5)
+    [line] = logged()
+    assert line["disconnected"] is True and line["timed_out"] is False
+    assert line["stream"] is stream and line["best_of"] == 4
+    assert line["status"] == (200 if stream else 499)  # a stream's 200 had gone out already
+    assert line["completion_tokens"] is None
+    assert sample(metrics, "bon_client_disconnects_total") == 1
+    assert sample(metrics, "bon_sequences_in_flight") == 0
 
 
 def test_health_is_503_while_a_remote_verifier_does_not_answer():
