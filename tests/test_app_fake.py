@@ -368,6 +368,38 @@ def test_invalid_value_is_400_with_param(client):
     assert "temperature" in error["message"]
 
 
+# Found by schemathesis; OpenAI's API types these strictly and answers a wrong JSON type with
+# a 400 ("Invalid type for 'temperature': expected a decimal, but got a string instead").
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES, "temperature": "1"}, "temperature"),
+        ("/v1/completions", {"prompt": "x", "temperature": "1"}, "temperature"),
+        ("/v1/completions", {"prompt": "x", "logprobs": False}, "logprobs"),
+        ("/v1/completions", {"prompt": "x", "logprobs": True}, "logprobs"),
+        ("/v1/chat/completions", {"messages": MESSAGES, "logprobs": 1}, "logprobs"),
+    ],
+)
+def test_a_value_of_the_wrong_json_type_is_400_not_coerced(client, path, body, param):
+    error = assert_openai_error(client.post(path, json=body), 400, param=param)
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "with_logprobs"),
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES, "temperature": 1}, False),  # an integer
+        ("/v1/chat/completions", {"messages": MESSAGES, "logprobs": False}, False),  # boolean
+        ("/v1/completions", {"prompt": "x", "logprobs": 0}, True),  # an integer here
+        ("/v1/completions", {"prompt": "x", "logprobs": None}, False),
+    ],
+)
+def test_the_right_json_types_for_the_same_fields_are_accepted(client, path, body, with_logprobs):
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    assert (r.json()["choices"][0]["logprobs"] is not None) is with_logprobs
+
+
 def test_unknown_model_is_404(client):
     error = assert_openai_error(chat(client, model="gpt-9"), 404, code="model_not_found")
     assert error["param"] == "model"
