@@ -181,8 +181,12 @@ def wait_drained(server: ServerProcess, timeout_s: float = 60) -> dict[str, floa
         time.sleep(0.2)
 
 
+SOAK_SECONDS = float(os.environ.get("BON_SOAK_SECONDS", "180"))
+
+
+@pytest.mark.timeout(SOAK_SECONDS + 600)  # the load itself, on top of the usual per-test limit
 def test_soak(tmp_path, tiny_orm):
-    seconds = float(os.environ.get("BON_SOAK_SECONDS", "180"))
+    seconds = SOAK_SECONDS
     warmup = min(45.0, seconds / 3)
     args = [
         "--verifier",
