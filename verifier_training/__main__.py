@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
     "ceilings": ("verifier_training.ceilings", "Best-of-N ceilings: exact step checker, policy"),
     "probe-steps": ("verifier_training.probe_steps", "how learnable one-step checking is: AUC"),
+    "probe-lookups": ("verifier_training.probe_lookups",
+                      "has a paths policy learned to follow listed edges? loss per position"),
     "export": ("verifier_training.export", "RSFT, DPO, ORM and PRM data sets from records"),
     "pipeline": ("verifier_training.run_pipeline", "sample -> label -> train ORM/PRM -> evaluate"),
 }
