@@ -109,6 +109,8 @@ class BestOfN:
             params = dataclasses.replace(params, logprobs=0)
         if self.scorer is None or self.scorer.kind != "prm":
             aggregation = None
+        elif aggregation is None:  # the server's --prm-aggregation: say which one scored
+            aggregation = getattr(self.scorer, "aggregation", None)
         request = self.generator.prepare(prompt, params, best_of)
         return Plan(request, name, aggregation, drop_logprobs)
 
