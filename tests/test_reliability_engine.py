@@ -120,11 +120,25 @@ def test_engine_access_log_has_the_request_id_and_no_text(guarded):
     assert "What is 2 + 3?" not in log and answer.strip() not in log
 
 
+def _read_response(sock: socket.socket) -> tuple[int, dict]:
+    """Status and JSON body of the one HTTP/1.1 response on ``sock`` (closed after it)."""
+    sock.settimeout(60)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
 def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
     """SIGTERM with --shutdown-timeout 3: a request that ends within it completes; two that
     cannot get a 503 (one streamed: an error event then [DONE]); the process exits promptly.
+    A request queued for admission gets its 503 at once, not when the grace ends; and a
+    request whose headers came before the signal, but its body after, meets a closed gate.
     Fewer sequences than the engine schedules at once (128 on CPU), so none waits in vLLM."""
-    with started(ServerProcess(["--shutdown-timeout", "3"], tmp_path / "sigterm.log")) as proc:
+    args = ["--shutdown-timeout", "3", "--max-sequences-in-flight", "100",
+            "--admission-timeout", "60"]
+    with started(ServerProcess(args, tmp_path / "sigterm.log")) as proc:
         url = f"{proc.base_url}/v1/chat/completions"
         results: dict[str, httpx.Response] = {}
 
@@ -141,13 +155,37 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
         for t in threads:
             t.start()
         assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 96)
-        short = threading.Thread(
-            target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
-        )
-        short.start()
-        assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 100)
-        start = time.monotonic()
-        proc.proc.send_signal(signal.SIGTERM)
+        # an open connection: its request's headers arrive now, its body after the signal
+        body = json.dumps({"messages": MESSAGES, "best_of": 1, "max_tokens": 4}).encode()
+        pending = socket.create_connection(("127.0.0.1", proc.port))
+        try:
+            pending.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            assert wait_for(lambda: proc.metric("bon_requests_in_flight") == 3)
+            short = threading.Thread(
+                target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
+            )
+            short.start()
+            assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 100)
+            # the admission bound (100 sequences) is reached: this one waits in the queue
+            queued = threading.Thread(
+                target=post, args=("queued",), kwargs={"best_of": 8, "max_tokens": 8}
+            )
+            queued.start()
+            assert wait_for(lambda: proc.metric("bon_admission_queue_length") == 1)
+            assert short.is_alive()  # in flight when the signal comes
+            start = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            queued.join(timeout=60)
+            assert "long" not in results, "the queued request waited for the grace period"
+            assert openai_error(results["queued"], 503)["code"] == "draining"
+            pending.sendall(body)  # the gate is closed now (the queued request was refused)
+            status, answer = _read_response(pending)
+        finally:
+            pending.close()
+        assert status == 503 and answer["error"]["code"] == "draining"
         for t in [*threads, short]:
             t.join(timeout=60)
         # uvicorn re-raises the signal once it has shut down cleanly
