@@ -717,6 +717,53 @@ def test_the_app_maps_upstream_failures_to_openai_errors():
         assert r.json()["error"]["type"] == "service_unavailable"
 
 
+def _refusing_app(status: int, error: dict[str, Any], headers: dict[str, str] | None = None):
+    """The app over an upstream that answers every generation with ``status``."""
+    up = Upstream(lambda request, body: httpx.Response(status, json={"error": error},
+                                                       headers=headers or {}))
+    return up, create_app(Settings(), generator=generator(up, upstream_model="m"))
+
+
+CHAT_BODY = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 2}
+
+
+def test_an_upstream_429_reaches_the_client_with_its_retry_after():
+    error = {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit_exceeded"}
+    up, app = _refusing_app(429, error, {"retry-after": "17"})
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json=CHAT_BODY)
+    body = openai_error(r, 429)
+    assert r.headers["retry-after"] == "17"
+    assert body["message"] == "slow down" and body["code"] == "rate_limit_exceeded"
+    assert len(up.posts) == 1  # a 429 is the upstream's answer, not retried
+
+
+def test_an_upstream_413_reaches_the_client_as_a_413():
+    up, app = _refusing_app(413, {"message": "the prompt is too large for this server"})
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json=CHAT_BODY)
+    body = openai_error(r, 413)
+    assert body["message"] == "the prompt is too large for this server"
+    assert body["type"] == "invalid_request_error"
+    assert len(up.posts) == 1
+
+
+def test_an_upstream_400_after_the_stream_started_is_an_error_event_then_done():
+    """The proxy cannot check the context length itself (no tokenizer): the upstream's 400
+    comes once the stream has begun, as one error event in OpenAI's shape, then [DONE]."""
+    up, app = _refusing_app(400, CONTEXT_400)
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json={**CHAT_BODY, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    data = [e for e in r.text.split("\n\n") if e.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and len(data) == 2
+    error = json.loads(data[0][len("data: ") :])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == CONTEXT_400["message"]
+    assert error["code"] == "context_length_exceeded"
+
+
 # ------------------------------------------------ 2. a dead upstream, real server
 
 
@@ -1013,6 +1060,27 @@ def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
         tokens,
     )
     assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
+
+
+@pytest.mark.engine
+def test_killing_the_remote_verifier_turns_health_and_scoring_into_503(proxy_prm, upstreams):
+    """The real PRM server stops: /health says the verifier (not where it was), scoring is a
+    503. Near the end of this module: it stops the PRM server (a later user starts one)."""
+    health = f"{proxy_prm.base_url}/health"
+    assert httpx.get(health, timeout=30).status_code == 200
+    prm = upstreams["prm"]
+    prm.stop()
+    r = httpx.get(health, timeout=30)
+    assert r.status_code == 503
+    assert r.json() == {"status": "unhealthy", "detail": "the verifier backend is not answering"}
+    with (
+        openai.OpenAI(base_url=f"{proxy_prm.base_url}/v1", api_key="u", max_retries=0) as c,
+        pytest.raises(openai.APIStatusError) as info,
+    ):
+        chat(c, max_tokens=16, extra_body={"best_of": 2, "selector": "verifier"})
+    assert info.value.status_code == 503
+    assert info.value.body["type"] == "service_unavailable"
+    assert str(prm.port) not in json.dumps(info.value.body)
 
 
 @pytest.mark.engine
