@@ -210,3 +210,21 @@ def test_previous_token_head_attends_one_token_back_from_the_start():
     assert back.mean() > 0.9 and back.min() > 0.5
     # the other heads were left to the mimetic init: not previous-token heads
     assert torch.stack([other[:, i, i - 1] for i in range(1, 80)], dim=1).mean() < 0.5
+
+
+def test_held_out_loss_splits_labels_from_the_rest():
+    tok = build_tokenizer(arrows=True)
+    args = sft.parse_args(["--out", "unused", "--task", "paths", "--system-frac", "1",
+                           "--multiturn-frac", "1"])
+    held_out = sft.HeldOutLoss(get_task("paths"), tok, args, count=8)
+    # the held-out problems' plain chats: no system message or earlier turn, whatever the flags
+    text = tok.decode(held_out.ids[held_out.ids != tok.pad_token_id].tolist())
+    assert "<|system|>" not in text and text.count("<|user|>") == 8
+    assert get_task("paths").problems(1, EVAL_SEED)[0].question in text
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    found = held_out(LlamaForCausalLM(config))
+    # an untrained model: about ln(vocab) everywhere
+    assert set(found) == {"answer", "labels", "other"}
+    assert all(abs(v - torch.log(torch.tensor(len(tok))).item()) < 1.0 for v in found.values())

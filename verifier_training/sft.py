@@ -39,7 +39,12 @@ from tqdm import tqdm  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from verifier_training.tasks import TASKS, get_task  # noqa: E402
-from verifier_training.tasks.base import HELD_OUT, Stream, held_out_questions  # noqa: E402
+from verifier_training.tasks.base import (  # noqa: E402
+    EVAL_SEED,
+    HELD_OUT,
+    Stream,
+    held_out_questions,
+)
 from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer  # noqa: E402
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
@@ -152,6 +157,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=256,
         help="pack each batch's examples into rows of this many "
         "tokens (attention stays within each example)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="every N steps, print the loss on 64 held-out problems' answers, split into label "
+        "tokens (numbers, arrows: what lookups and copies produce) and the rest (0: never)",
     )
     # machine
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -330,6 +342,45 @@ def previous_token_head_init(model: LlamaForCausalLM, seed: int = 0, freqs: int 
         attn.o_proj.weight[:, :dim] = torch.randn(hidden, dim, generator=g) / math.sqrt(dim) * out
 
 
+class _Listed:
+    """A ``Stream`` over a fixed list of problems (``make_example`` reads rng, task, next)."""
+
+    def __init__(self, task, problems: list) -> None:
+        self.task, self.rng, self._problems = task, random.Random(0), iter(problems)
+
+    def next(self):
+        return next(self._problems)
+
+
+class HeldOutLoss:
+    """Loss on the answers of the first ``count`` held-out problems (no system message, no
+    earlier turn), split into label tokens (a number or ``N>``) and the rest: a policy that
+    has learned the format but no lookup sits near ln 99 on labels while the rest is near 0."""
+
+    def __init__(self, task, tokenizer, args: argparse.Namespace, count: int = 64) -> None:
+        plain = argparse.Namespace(**{**vars(args), "system_frac": 0.0, "multiturn_frac": 0.0,
+                                      "prompt_loss": False})
+        stream = _Listed(task, task.problems(count, EVAL_SEED))
+        examples = [make_example(stream, tokenizer, plain) for _ in range(count)]
+        self.ids, self.labels, self.positions = pack(examples, args.pack_len,
+                                                     tokenizer.pad_token_id)
+        names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.is_label = torch.tensor([t.rstrip(">").isdigit() for t in names])
+
+    def __call__(self, model: LlamaForCausalLM) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=self.ids, position_ids=self.positions,
+                           use_cache=False).logits[:, :-1]
+        model.train()
+        target = self.labels[:, 1:]
+        keep = target != IGNORE
+        loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="none")
+        label = self.is_label[target[keep]]
+        return {"answer": loss.mean().item(), "labels": loss[label].mean().item(),
+                "other": loss[~label].mean().item()}
+
+
 def _training_config(directory: str) -> dict | None:
     try:
         with open(os.path.join(directory, "training_config.json")) as f:
@@ -400,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     start = time.time()
     smooth = None
+    held_out = HeldOutLoss(task, tokenizer, args) if args.eval_every > 0 else None
     bar = tqdm(range(args.steps), desc="sft", disable=args.no_progress, mininterval=2.0)
     for step in bar:
         examples = [make_example(stream, tokenizer, args) for _ in range(args.batch_size)]
@@ -419,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"step {step:5d}  loss {smooth:.4f}  lr {scheduler.get_last_lr()[0]:.2e}",
                 flush=True,
             )
+        if held_out is not None and (step % args.eval_every == 0 or step == args.steps - 1):
+            found = held_out(model)
+            print(f"held-out step {step:5d}  " + "  ".join(f"{k} {v:.3f}" for k, v in
+                                                          found.items()), flush=True)
     wall = time.time() - start
     print(f"trained {args.steps} steps in {wall:.0f} s; final smoothed loss {smooth:.4f}")
     repeat = stream.skipped / max(1, stream.drawn)
