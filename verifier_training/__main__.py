@@ -11,7 +11,7 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sft": ("verifier_training.sft", "train the arithmetic policy by supervised fine-tuning"),
+    "sft": ("verifier_training.sft", "train a world's policy by supervised fine-tuning"),
     "passk": ("verifier_training.passk", "pass@1, pass@k and majority@k of a policy (vLLM)"),
     "sample": ("verifier_training.sampling", "sample K candidates per problem into raw records"),
     "label-steps": ("verifier_training.labels", "Monte-Carlo step labels (k-of-M) for records"),
