@@ -58,9 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-k", type=int, default=64, help="candidates per held-out problem")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
                    help="held-out problem stream seed (distinct from --train-seed)")
-    p.add_argument("--labeller", choices=("rollouts", "exact"), default="rollouts",
-                   help="step labels for the PRM: Monte-Carlo rollouts of the policy "
-                        "(Math-Shepherd), or the task's exact step checker (no rollouts)")
     p.add_argument("--rollouts", type=int, default=8, help="M: rollouts per step prefix")
     p.add_argument("--label-records", type=int, default=6000,
                    help="training candidates to label (seeded subset; 0: all)")
@@ -134,11 +131,8 @@ async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
             pool = read_samples(paths[f"{split}_samples"])
             subset = labels.choose_subset(pool, n or None, args.seed) if n or split == "train" \
                 else []
-            if args.labeller == "exact":
-                labelled, counters = labels.exact_labels(subset), {}
-            else:
-                labelled, counters = await labels.run_labelling(
-                    generator, subset, label_args, args.policy, desc=f"label-{split}")
+            labelled, counters = await labels.run_labelling(
+                generator, subset, label_args, args.policy, desc=f"label-{split}")
             write_jsonl(paths[name], labelled)
             seconds[f"label_{split}"] = time.time() - t0
             info[name] = {**labels.summarize(labelled), **counters}
