@@ -86,7 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--mimetic-init",
         action="store_true",
         help="start every attention layer as a copier (W_k = W_q, W_o = W_v^T; Trockman & "
-        "Kolter 2023): a world whose answers copy labels from the prompt learns in far fewer steps",
+        "Kolter 2023): a paths policy left its unigram plateau by step 150 with it, not at all "
+        "in 300-700 steps without",
     )
     p.add_argument(
         "--prev-token-head",
@@ -148,8 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--prompt-loss",
         action="store_true",
-        help="train on the prompts' tokens too, not only the answers (a paths prompt is full of "
-        "labels that repeat: more copy targets while the model learns its lookups)",
+        help="train on the prompts' tokens too, not only the answers (tried for paths, whose "
+        "prompts repeat labels: it did not shorten the plateau within 300 steps)",
     )
     p.add_argument(
         "--pack-len",
