@@ -30,6 +30,8 @@ from typing import Any
 
 from verifier_training.tasks import get_task
 from verifier_training.tasks.base import EVAL_SEED, answer_line, completion_steps
+from verifier_training.tasks.paths import parse_edge, parse_path
+from verifier_training.tokenizer import is_label_token
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,8 +55,7 @@ def answer_positions(problem: Any, tokens: Sequence[str]) -> list[str | None]:
     kinds: list[str | None] = []
     line = 0
     for t in tokens:
-        label = t.rstrip(">").isdigit()
-        if not label:
+        if not is_label_token(t):
             kinds.append(None)
         elif line >= edges:
             kinds.append("answer line")
@@ -68,24 +69,20 @@ def answer_positions(problem: Any, tokens: Sequence[str]) -> list[str | None]:
 
 def uniform_copy_loss(problem: Any) -> float:
     """Nats of a policy that picks uniformly among the prompt's distinct labels."""
-    return math.log(len({n for edge in problem.edges for n in edge}))
+    return math.log(len(problem.labels))
 
 
 def write_stats(problem: Any, text: str) -> dict[str, bool]:
     edges = set(problem.edges)
-    pairs: list[tuple[int, int] | None] = []
-    for step in completion_steps(text):
-        a, _, b = step.partition(">")
-        pairs.append((int(a), int(b)) if a.strip().isdigit() and b.strip().isdigit() else None)
-    listed = [p in edges for p in pairs]
+    listed = [parse_edge(step) in edges for step in completion_steps(text)]
     found = answer_line(text)
+    nodes = parse_path(found) if found is not None else None
     return {
         "right": get_task("paths").check(problem, text),
         "first edge listed": bool(listed) and listed[0],
         "every edge listed": bool(listed) and all(listed),
         "every edge but the last listed": bool(listed) and all(listed[:-1]),
-        "ends at the target": found is not None and found.rsplit(">", 1)[-1].strip()
-        == str(problem.target),
+        "ends at the target": nodes is not None and nodes[-1] == problem.target,
     }
 
 

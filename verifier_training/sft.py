@@ -45,7 +45,12 @@ from verifier_training.tasks.base import (  # noqa: E402
     Stream,
     held_out_questions,
 )
-from verifier_training.tokenizer import END, build_tokenizer, save_tokenizer  # noqa: E402
+from verifier_training.tokenizer import (  # noqa: E402
+    END,
+    build_tokenizer,
+    is_label_token,
+    save_tokenizer,
+)
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are a helpful assistant.",
@@ -259,8 +264,9 @@ def compose_arrow_embeddings(model: LlamaForCausalLM, tokenizer) -> int:
     ``57>`` where the next one starts. Random embeddings make the map between the forms a
     table the model must learn entry by entry before any lookup pays (a 1.2M-parameter policy
     sat on a loss plateau for 700 steps); with tied embeddings a composed start gives it for
-    free: a state that carries ``57`` and ``>`` scores ``57>`` above both. Returns how many
-    rows were set."""
+    free: a state that carries ``57`` and ``>`` scores ``57>`` above both. (Measured: alone it
+    did not shorten the plateau; a 400-step probe stayed at loss 1.48.) Returns how many rows
+    were set."""
     vocab = tokenizer.get_vocab()
     table = model.get_input_embeddings().weight
     arrow = table[vocab[">"]].detach().clone()
@@ -306,7 +312,7 @@ def previous_token_head_init(model: LlamaForCausalLM, seed: int = 0, freqs: int 
     a source, copy what came after it": keys must carry their previous token. Learned from
     scratch, that head forms only after a long plateau (a paths policy trained 2000 steps
     copied labels from the prompt uniformly and had learned no lookup: 3.4 nats on the middle
-    node, uniform over the prompt's labels is about 3). Here it is built instead:
+    node, a uniform pick among the prompt's labels 2.1). Here it is built instead:
 
     - every token embedding gets a shared component ``shared * u`` (a constant direction, which
       changes no softmax over the tied output embeddings), so after RMSNorm every position
@@ -366,7 +372,7 @@ class HeldOutLoss:
         self.ids, self.labels, self.positions = pack(examples, args.pack_len,
                                                      tokenizer.pad_token_id)
         names = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.is_label = torch.tensor([t.rstrip(">").isdigit() for t in names])
+        self.is_label = torch.tensor([is_label_token(t) for t in names])
 
     def __call__(self, model: LlamaForCausalLM) -> dict[str, float]:
         model.eval()

@@ -49,6 +49,11 @@ NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(10, 1000))
 ARROWS: tuple[str, ...] = tuple(f"{n}>" for n in range(0, 1000))
 
 
+def is_label_token(token: str) -> bool:
+    """A number, or (arrows) a number with its ``>``: the tokens lookups and copies produce."""
+    return token.rstrip(">").isdigit()
+
+
 def build_tokenizer(
     model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False, arrows: bool = False
 ) -> PreTrainedTokenizerFast:

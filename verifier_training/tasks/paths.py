@@ -58,9 +58,34 @@ class Problem:
     def answer(self) -> str:
         return ">".join(str(n) for n in self.path)
 
+    @property
+    def children(self) -> dict[int, list[int]]:
+        """Each node's successors, in the order the prompt lists them."""
+        out: dict[int, list[int]] = {}
+        for a, b in self.edges:
+            out.setdefault(a, []).append(b)
+        return out
+
+    @property
+    def labels(self) -> set[int]:
+        """Every node label the prompt lists."""
+        return {n for edge in self.edges for n in edge}
+
 
 _PATH = re.compile(r"^\d+(?:>\d+)+$")
 _EDGE_STEP = re.compile(r"^\s*(\d+)\s*>\s*(\d+)\s*$")
+
+
+def parse_edge(step: str) -> tuple[int, int] | None:
+    """A step line ``12>3`` (spaces allowed) as its edge; None for anything else."""
+    m = _EDGE_STEP.match(step)
+    return None if m is None else (int(m[1]), int(m[2]))
+
+
+def solution(nodes: Sequence[int]) -> str:
+    """A path written as a solution: one edge a line, then the answer line."""
+    steps = [f"{a}>{b}" for a, b in zip(nodes, nodes[1:], strict=False)]
+    return "\n".join([*steps, f"The answer is {'>'.join(map(str, nodes))}."])
 
 
 def parse_path(text: str) -> list[int] | None:
@@ -84,9 +109,7 @@ def check_path(problem: Problem, nodes: Sequence[int]) -> bool:
 
 
 def reachable(problem: Problem, source: int, target: int) -> bool:
-    children: dict[int, list[int]] = {}
-    for a, b in problem.edges:
-        children.setdefault(a, []).append(b)
+    children = problem.children
     stack, seen = [source], set()
     while stack:
         n = stack.pop()
@@ -100,17 +123,14 @@ def reachable(problem: Problem, source: int, target: int) -> bool:
 
 def step_ok(problem: Problem, steps: Sequence[str], i: int) -> bool | None:
     """Exact step label; None if step i is not an ``a>b`` line."""
-    if _EDGE_STEP.match(steps[i]) is None:
+    if parse_edge(steps[i]) is None:
         return None
     edges, at = set(problem.edges), problem.start
     for step in steps[: i + 1]:
-        m = _EDGE_STEP.match(step)
-        if m is None:
+        edge = parse_edge(step)
+        if edge is None or edge[0] != at or edge not in edges:
             return False
-        a, b = int(m[1]), int(m[2])
-        if a != at or (a, b) not in edges:
-            return False
-        at = b
+        at = edge[1]
     return reachable(problem, at, problem.target)
 
 
@@ -140,9 +160,7 @@ class PathsTask:
         return [self.sample(rng) for _ in range(count)]
 
     def reference(self, problem: Problem) -> str:
-        nodes = problem.path
-        steps = [f"{a}>{b}" for a, b in zip(nodes, nodes[1:], strict=False)]
-        return "\n".join([*steps, f"The answer is {problem.answer}."])
+        return solution(problem.path)
 
     def check(self, problem: Problem, completion: str) -> bool:
         found = answer_line(completion)
@@ -160,10 +178,7 @@ class PathsTask:
         the edit would still be right (or the completion has no answer line)."""
         if answer_line(completion) is None:
             return None
-        path = problem.path
-        children: dict[int, list[int]] = {}
-        for a, b in problem.edges:
-            children.setdefault(a, []).append(b)
+        path, children = problem.path, problem.children
         others = [c for c in children.get(problem.start, []) if len(path) < 2 or c != path[1]]
         kind = rng.choice(("forge", "wrong_end", "swap"))
         if kind in ("forge", "wrong_end") and others:
@@ -174,12 +189,10 @@ class PathsTask:
         else:
             if len(path) < 3:
                 return None
-            used = {n for edge in problem.edges for n in edge}
-            i = rng.randrange(1, len(path) - 1)
+            i, used = rng.randrange(1, len(path) - 1), problem.labels
             free = [n for n in range(MIN_LABEL, MAX_LABEL + 1) if n not in used]
             nodes = path[:i] + [rng.choice(free)] + path[i + 1 :]
-        steps = [f"{a}>{b}" for a, b in zip(nodes, nodes[1:], strict=False)]
-        text = "\n".join([*steps, f"The answer is {'>'.join(map(str, nodes))}."])
+        text = solution(nodes)
         return None if self.check(problem, text) else text
 
     def partial_checks(self, problem: Problem, completion: str) -> dict[str, bool]:
