@@ -13,12 +13,13 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from .answers import DEFAULT_RULES, extract_answer
 from .errors import BonError, InvalidRequestError, ServiceUnavailableError
 from .generators.base import Generator, PreparedRequest
 from .metrics import Metrics
-from .scorers.base import Scorer, check_aggregation
+from .scorers.base import Scorer, StepScorer, aggregate, check_aggregation
 from .selectors import SELECTORS, SelectorInput, check_selector
 from .types import BestOfNResult, Prompt, SamplingParams
 
@@ -125,12 +126,19 @@ class BestOfN:
         answers = tuple(extract_answer(c.text, self.policy.answer_rules) for c in candidates)
 
         verifier_scores: Sequence[float] | None = None
+        step_scores: list[list[float]] | None = None
         if spec.needs_verifier:
             assert self.scorer is not None
             try:
-                verifier_scores = await self.scorer.score(
-                    plan.request.prompt, candidates, plan.aggregation
-                )
+                if self.scorer.kind == "prm":  # keep the steps' scores: the response shows them
+                    prm = cast(StepScorer, self.scorer)
+                    step_scores = await prm.step_scores(plan.request.prompt, candidates)
+                    how = plan.aggregation or prm.aggregation
+                    verifier_scores = [aggregate(s, how) for s in step_scores]
+                else:
+                    verifier_scores = await self.scorer.score(
+                        plan.request.prompt, candidates, plan.aggregation
+                    )
             except BonError:
                 raise
             except Exception as exc:
@@ -155,4 +163,5 @@ class BestOfN:
             aggregation=plan.aggregation,
             prompt_tokens=generation.prompt_tokens,
             timings={"generate_s": t1 - t0, "score_s": t2 - t1},
+            step_scores=None if step_scores is None else tuple(map(tuple, step_scores)),
         )

@@ -320,6 +320,13 @@ class ChatChoice(OpenAIModel):
     score: float  # Best-of-N extension: the selector's score of this choice
 
 
+class StepInfo(OpenAIModel):
+    """One step of a candidate (a non-empty line) and the PRM's score of it."""
+
+    text: str
+    score: float | None  # None: cut from a text longer than the PRM's context
+
+
 class CandidateInfo(OpenAIModel):
     """One generated candidate, returned when ``return_candidates`` is true."""
 
@@ -330,6 +337,9 @@ class CandidateInfo(OpenAIModel):
     answer: str | None
     finish_reason: Literal["stop", "length"]
     completion_tokens: int
+    # where a PRM scored the candidate: its steps, each with the PRM's probability that the
+    # step is right (the verifier_score aggregates these); None otherwise
+    steps: list[StepInfo] | None = None
 
 
 class BestOfNInfo(OpenAIModel):
@@ -387,6 +397,15 @@ class ModelCard(OpenAIModel):
     created: int
     owned_by: str = "bon"
     root: str | None = None
+
+
+class ProblemCard(OpenAIModel):
+    """``GET /v1/bon/problem``: a fresh problem from the served world (the page's button)."""
+
+    object: Literal["bon.problem"] = "bon.problem"
+    world: str
+    seed: int
+    prompt: str  # the user message, exactly as the world's prompts are written
 
 
 class ModelList(OpenAIModel):

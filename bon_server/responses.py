@@ -21,8 +21,10 @@ from .protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    StepInfo,
     Usage,
 )
+from .scorers.steps import split_steps
 from .types import BestOfNResult, TokenLogprob
 
 
@@ -44,6 +46,16 @@ def usage(results: Sequence[BestOfNResult]) -> Usage:
     )
 
 
+def _steps(text: str, scores: Sequence[float]) -> list[StepInfo]:
+    """A candidate's steps with the PRM's scores: the scores belong to the LAST steps (a text
+    longer than the PRM's context loses its first steps, which have none)."""
+    steps = split_steps(text)
+    cut = len(steps) - len(scores)
+    return [
+        StepInfo(text=t, score=scores[i - cut] if i >= cut else None) for i, t in enumerate(steps)
+    ]
+
+
 def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
     candidates = None
     if meta.return_candidates:
@@ -56,6 +68,7 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
                 answer=result.answers[i],
                 finish_reason=c.finish_reason,
                 completion_tokens=len(c.token_ids),
+                steps=_steps(c.text, result.step_scores[i]) if result.step_scores else None,
             )
             for i, c in enumerate(result.candidates)
         ]

@@ -98,6 +98,9 @@ class BestOfNResult:
     aggregation: str | None
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)
+    # a PRM's score of each candidate's steps (``steps.split_steps``), where a PRM scored
+    # them: the LAST len(...) steps (a text longer than the PRM's context loses its first)
+    step_scores: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def completion_tokens(self) -> int:

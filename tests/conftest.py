@@ -213,3 +213,26 @@ def client(server: ServerProcess):  # type: ignore[no-untyped-def]
 
     with OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0) as c:
         yield c
+
+
+PRM_AGGREGATION = "last"  # the PRM server's --prm-aggregation: not the server's default (min)
+
+
+@pytest.fixture(scope="session")
+def prm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from upstream_servers import build_tiny_prm
+
+    return build_tiny_prm(tmp_path_factory.mktemp("models") / "tiny-prm")
+
+
+@pytest.fixture(scope="session")
+def prm_server(tmp_path_factory: pytest.TempPathFactory, prm_path: Path) -> Iterator[ServerProcess]:
+    """The embedded policy on real vLLM with a tiny random-weight PRM (``<|step|>`` tags) in
+    transformers: ``test_prm_server.py`` and the page's browser tests."""
+    log_path = tmp_path_factory.mktemp("logs") / "prm-server.log"
+    args = [
+        "--verifier", str(prm_path), "--verifier-kind", "prm",
+        "--prm-aggregation", PRM_AGGREGATION, "--verifier-dtype", "float32",
+    ]
+    with started(ServerProcess(args, log_path)) as proc:
+        yield proc

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import ServerProcess, chat, started
-from upstream_servers import build_tiny_prm
+from conftest import PRM_AGGREGATION as COMMAND_LINE_AGGREGATION
+from conftest import chat
 
 from bon_server.scorers.steps import STEP_FORMATS, format_steps, split_steps
 from bon_server.types import Message, Prompt
@@ -25,7 +25,6 @@ from bon_server.types import Message, Prompt
 pytestmark = pytest.mark.engine
 
 QUESTION = "What is 38 - 7 * 4 + 12?"
-COMMAND_LINE_AGGREGATION = "last"  # not the server's default (min)
 
 # written out here, not imported: what bon_server/scorers/base.py promises
 AGGREGATE = {
@@ -34,22 +33,6 @@ AGGREGATE = {
     "last": lambda xs: xs[-1],
     "mean": lambda xs: sum(xs) / len(xs),
 }
-
-
-@pytest.fixture(scope="module")
-def prm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_prm(tmp_path_factory.mktemp("models") / "tiny-prm")
-
-
-@pytest.fixture(scope="module")
-def prm_server(tmp_path_factory, prm_path) -> Iterator[ServerProcess]:
-    log_path = tmp_path_factory.mktemp("logs") / "prm-server.log"
-    args = [
-        "--verifier", str(prm_path), "--verifier-kind", "prm",
-        "--prm-aggregation", COMMAND_LINE_AGGREGATION, "--verifier-dtype", "float32",
-    ]
-    with started(ServerProcess(args, log_path)) as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +87,10 @@ def test_prm_scores_are_an_independent_forward_pass_aggregated_as_asked(client, 
     assert len({tuple(round(x, 6) for x in v) for v in expected.values()}) == 4, expected
 
     assert default["verifier_scores"] == pytest.approx(expected[COMMAND_LINE_AGGREGATION], abs=1e-5)
+    # each candidate carries the step scores its verifier score aggregates (the page tints them)
+    for cand, independent in zip(default["candidates"], steps, strict=True):
+        assert [s["text"] for s in cand["steps"]] == split_steps(cand["text"])
+        assert [s["score"] for s in cand["steps"]] == pytest.approx(independent, abs=1e-5)
     for how in AGGREGATE:
         bon = ask(client, prm_aggregation=how)
         assert [c["text"] for c in bon["candidates"]] == texts  # same seed, same candidates

@@ -1,4 +1,5 @@
-"""A scripted generator: the built-in fake for tests and demos (no engine, no model).
+"""A scripted generator and scripted verifiers: the built-in fakes for tests and demos (no
+engine, no model).
 
 It answers every request with candidates cycled from a fixed list of texts,
 counting characters as tokens, so routes, streaming, selectors and errors can be
@@ -90,3 +91,28 @@ class ConstantScorer:
         if self.fail_with is not None:
             raise self.fail_with
         return [self.scores[i % len(self.scores)] for i in range(len(candidates))]
+
+
+class ScriptedPRM:
+    """A fake PRM: each candidate's steps (``split_steps``) scored from a fixed list, cycled
+    along the steps; the candidate's score aggregates them as a real PRM's does."""
+
+    kind = "prm"
+
+    def __init__(self, step_scores: Sequence[float] = (0.9, 0.2), aggregation: str = "min"):
+        self.pattern = list(step_scores)
+        self.aggregation = aggregation
+
+    async def step_scores(self, prompt, candidates):  # type: ignore[no-untyped-def]
+        from ..scorers.steps import split_steps
+
+        return [
+            [self.pattern[i % len(self.pattern)] for i in range(len(split_steps(c.text)))]
+            for c in candidates
+        ]
+
+    async def score(self, prompt, candidates, aggregation=None):  # type: ignore[no-untyped-def]
+        from ..scorers.base import aggregate
+
+        how = aggregation or self.aggregation
+        return [aggregate(s, how) for s in await self.step_scores(prompt, candidates)]

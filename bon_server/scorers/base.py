@@ -23,6 +23,16 @@ class Scorer(Protocol):
     ) -> list[float]: ...
 
 
+class StepScorer(Scorer, Protocol):
+    """A PRM (``kind == "prm"``): its per-step scores too, and the aggregation it defaults to."""
+
+    aggregation: str
+
+    async def step_scores(
+        self, prompt: Prompt, candidates: Sequence[Candidate]
+    ) -> list[list[float]]: ...
+
+
 def _prod(xs: Sequence[float]) -> float:
     return math.prod(xs)
 
