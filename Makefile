@@ -7,6 +7,9 @@ PIP_EXTRA ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+# the candidate page's browser tests drive Debian's Chromium (Playwright never downloads one)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 QUIET := { grep -v 'is ignored: it is neither' || true; }
@@ -23,10 +26,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -c "import vllm, transformers, bon_server.app" 
 	touch $(STAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
 serve: $(STAMP)
 	$(VENV)/bin/bon-server serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

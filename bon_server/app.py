@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import ui
 from .admission import WorkGate
 from .config import SERVING_FILE, Settings, world_defaults
 from .errors import BonError, error_body, type_for_status
@@ -118,6 +119,8 @@ def create_app(
     app.state.gate = gate
     app.state.draining = False
     app.include_router(router)
+    if settings.ui:
+        app.include_router(ui.router)
     # added innermost first: the request passes context -> metrics -> guard -> routes
     app.add_middleware(
         GuardMiddleware,
@@ -125,6 +128,7 @@ def create_app(
         metrics_require_key=settings.metrics_require_key,
         max_request_bytes=settings.max_request_bytes,
         metrics=metrics,
+        public_paths=ui.PUBLIC_PATHS if settings.ui else (),
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware)
@@ -199,7 +203,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in first.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where, not which parameter
+            loc = loc[1:]
         param = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             message = (

@@ -143,6 +143,14 @@ class Settings(BaseSettings):
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on max_tokens per request")
     keepalive_interval_s: float = Field(2.0, gt=0, description="SSE comment period while sampling")
 
+    # the candidate page (GET /ui) and its new-problem button (GET /v1/bon/problem)
+    ui: bool = Field(True, description="serve the candidate page at /ui (--no-ui: off)")
+    world: str | None = Field(
+        None,
+        description="the world the policy solves, for /v1/bon/problem (default: the one in the "
+        "policy's training_config.json; needed in proxy mode)",
+    )
+
     # engine
     seed: int = 0
     max_model_len: int | None = Field(None, ge=16)
@@ -217,6 +225,22 @@ class Settings(BaseSettings):
             if SELECTORS[self.default_selector].needs_verifier and self.verifier is None:
                 raise ValueError(f"default_selector {self.default_selector!r} needs --verifier")
         return self
+
+    @property
+    def served_world(self) -> str | None:
+        """``world``, else the world named in the policy's training_config.json (local only)."""
+        if self.world is not None or self.upstream is not None:
+            return self.world
+        try:
+            record = json.loads((Path(self.model) / "training_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or "verifier_training" not in str(record.get("command")):
+            return None
+        data = record.get("data")
+        # ``sft --task`` defaults to arith; the first policies' configs predate the field
+        task = data.get("task", "arith") if isinstance(data, dict) else "arith"
+        return task if isinstance(task, str) else None
 
     @property
     def model_name(self) -> str:

@@ -4,7 +4,8 @@
     ├── InvalidRequestError       400 invalid_request_error
     │   └── PayloadTooLargeError  413 invalid_request_error
     ├── AuthenticationError       401 authentication_error
-    ├── ModelNotFoundError        404 invalid_request_error / model_not_found
+    ├── NotFoundError             404 invalid_request_error / not_found
+    │   └── ModelNotFoundError    404 invalid_request_error / model_not_found
     ├── RateLimitError            429 rate_limit_exceeded (Retry-After)
     ├── RelayedError              an upstream's 413 or 429, its status and message kept
     ├── UpstreamError             502 upstream_error
@@ -61,9 +62,13 @@ class AuthenticationError(BonError):
     code = "invalid_api_key"
 
 
-class ModelNotFoundError(BonError):
+class NotFoundError(BonError):
     status_code = 404
     type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 

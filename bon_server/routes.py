@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .admission import Ticket, WorkGate
 from .concurrency import run_all
-from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from .logs import AccessRecord, access_record, note_outcome
 from .pipeline import BestOfN, Plan
 from .protocol import (
@@ -31,6 +37,7 @@ from .protocol import (
     HealthStatus,
     ModelCard,
     ModelList,
+    ProblemCard,
     completion_id,
     now,
 )
@@ -288,6 +295,36 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
     settings = request.app.state.settings
     _check_model(request, model_id)
     return _model_card(settings)
+
+
+MAX_SEED = 2**31 - 1
+
+
+@router.get(
+    "/v1/bon/problem",
+    response_model=ProblemCard,
+    responses={**READ_ERRORS, 400: {"model": ErrorResponse}},
+)
+async def draw_problem(
+    request: Request, seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None
+) -> ProblemCard:
+    """A fresh problem of the served world (``seed``: the same problem every time)."""
+    from verifier_training.tasks import TASKS
+
+    unknown = sorted(set(request.query_params) - {"seed"})
+    if unknown:
+        raise InvalidRequestError(f"unknown query parameter {unknown[0]!r}", param=unknown[0])
+    world = request.app.state.settings.served_world
+    task = TASKS.get(world or "")
+    if task is None:
+        raise NotFoundError(
+            "this server does not know which world its model solves"
+            + (f" ({world!r} is not one of: {', '.join(TASKS)})" if world else "")
+            + "; start it with --world NAME"
+        )
+    if seed is None:
+        seed = random.randrange(MAX_SEED + 1)
+    return ProblemCard(world=task.name, seed=seed, prompt=task.problems(1, seed)[0].question)
 
 
 @router.get("/health", response_model=HealthStatus, responses={503: {"model": HealthStatus}})

@@ -8,7 +8,8 @@ JSON parsing) runs, always in OpenAI's error shape:
 * API keys: ``Authorization: Bearer <key>`` checked against every configured key
   in constant time (a SHA-256 of each side, ``hmac.compare_digest``); 401 with
   ``WWW-Authenticate: Bearer``. ``/health`` is always open, ``/metrics`` unless
-  ``--metrics-require-key``;
+  ``--metrics-require-key``, and the candidate page's files (``public_paths``: they hold
+  no data; the page asks for the key itself);
 * the body: more than ``--max-request-bytes`` is a 413, told by ``Content-Length``
   before a byte is read, or by counting a chunked body as it arrives.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -92,10 +93,13 @@ class GuardMiddleware:
         metrics_require_key: bool = False,
         max_request_bytes: int = 2_000_000,
         metrics: Metrics | None = None,
+        public_paths: Collection[str] = (),
     ) -> None:
         self.app = app
         self.keys = KeyChecker(api_keys)
-        self.open_paths = {"/health"} if metrics_require_key else {"/health", "/metrics"}
+        self.open_paths = {"/health", *public_paths}
+        if not metrics_require_key:
+            self.open_paths.add("/metrics")
         self.max_bytes = max_request_bytes
         self.metrics = metrics
 

@@ -14,6 +14,7 @@ from typing import TextIO
 import httpx
 
 from .client import Endpoint, parse_compare
+from .report import TABLE, table_cells
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -163,29 +164,18 @@ def run_command(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}/cells/*.json, {args.out}/summary.csv"
         + ("" if args.no_plots else f", {args.out}/plots/*.png")
+        + f", {args.out}/report.html"
     )
     return 0 if all(r["failed"] == 0 for r in reports) else 1
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def print_table(reports: Sequence[dict], stream: TextIO) -> None:
     """One line per cell: what N costs (latency, tokens) and what it buys (accuracy)."""
-    print(
-        f"{'endpoint':<12} {'N':>3} {'conc':>4} {'ok':>4} {'fail':>4} {'acc':>5} {'oracle':>6} "
-        f"{'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'tok/req':>8} {'tok/correct':>11}",
-        file=stream,
-    )
+    print(" ".join(f"{name:{align}{width}}" for name, width, align, _ in TABLE), file=stream)
     for r in reports:
-        b = r["bon"]
-        print(
-            f"{r['endpoint'][:12]:<12} {b['best_of']:>3} {r['max_concurrency']:>4} "
-            f"{r['completed']:>4} {r['failed']:>4} {_fmt(b['accuracy'], '5.2f'):>5} "
-            f"{_fmt(b['oracle_coverage'], '6.2f'):>6} {r['request_throughput']:>7.2f} "
-            f"{_fmt(r['median_e2el_ms'], '8.0f'):>8} {_fmt(r['p99_e2el_ms'], '8.0f'):>8} "
-            f"{_fmt(b['completion_tokens_per_request'], '8.0f'):>8} "
-            f"{_fmt(b['completion_tokens_per_correct'], '11.0f'):>11}",
-            file=stream,
+        cells = table_cells(r)
+        line = " ".join(
+            f"{cell[:width] if name == 'endpoint' else cell:{align}{width}}"
+            for (name, width, align, _), cell in zip(TABLE, cells, strict=True)
         )
+        print(line, file=stream)

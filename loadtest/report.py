@@ -1,5 +1,5 @@
-"""Per-cell reports in ``vllm bench serve``'s key names plus a ``bon`` block, and the
-summary CSV (one row per cell).
+"""Per-cell reports in ``vllm bench serve``'s key names plus a ``bon`` block, the summary
+CSV (one row per cell), and the table a run prints (and ``report.html`` shows).
 
 Accuracy and oracle coverage are over completed requests (failures are counted apart,
 by HTTP status); accuracy is the returned choice 0, oracle coverage is "any candidate
@@ -12,7 +12,7 @@ import csv
 import datetime as dt
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .client import Endpoint, RequestResult, RequestSpec
@@ -177,3 +177,28 @@ def write_summary(path: Path, reports: Sequence[dict]) -> None:
         writer.writeheader()
         for report in reports:
             writer.writerow({k: "" if v is None else v for k, v in summary_row(report).items()})
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# The run's table: (header, width, alignment, cell) per column, one row per cell report.
+TABLE: tuple[tuple[str, int, str, Callable[[dict], str]], ...] = (
+    ("endpoint", 12, "<", lambda r: r["endpoint"]),
+    ("N", 3, ">", lambda r: str(r["bon"]["best_of"])),
+    ("conc", 4, ">", lambda r: str(r["max_concurrency"])),
+    ("ok", 4, ">", lambda r: str(r["completed"])),
+    ("fail", 4, ">", lambda r: str(r["failed"])),
+    ("acc", 5, ">", lambda r: _fmt(r["bon"]["accuracy"], ".2f")),
+    ("oracle", 6, ">", lambda r: _fmt(r["bon"]["oracle_coverage"], ".2f")),
+    ("req/s", 7, ">", lambda r: f"{r['request_throughput']:.2f}"),
+    ("p50 ms", 8, ">", lambda r: _fmt(r["median_e2el_ms"], ".0f")),
+    ("p99 ms", 8, ">", lambda r: _fmt(r["p99_e2el_ms"], ".0f")),
+    ("tok/req", 8, ">", lambda r: _fmt(r["bon"]["completion_tokens_per_request"], ".0f")),
+    ("tok/correct", 11, ">", lambda r: _fmt(r["bon"]["completion_tokens_per_correct"], ".0f")),
+)
+
+
+def table_cells(report: dict) -> list[str]:
+    return [cell(report) for _, _, _, cell in TABLE]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .client import Endpoint, RequestResult, RequestSpec, resolve, scrape, send
 from .datasets import Item
+from .html_report import write_html
 from .report import cell_report, write_summary
 from .stats import arrival_times
 
@@ -86,7 +87,8 @@ async def run_cell(
 
 
 async def run(config: RunConfig, items: Sequence[Item]) -> list[dict]:
-    """The whole grid; writes ``cells/*.json``, ``summary.csv`` and the plots under ``out``."""
+    """The whole grid; writes ``cells/*.json``, ``summary.csv``, the plots and
+    ``report.html`` (table and plots in one page) under ``out``."""
     out = config.out
     (out / "cells").mkdir(parents=True, exist_ok=True)
     limits = httpx.Limits(max_connections=max(config.concurrency) + 4)
@@ -94,7 +96,8 @@ async def run(config: RunConfig, items: Sequence[Item]) -> list[dict]:
     reports: list[dict] = []
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         endpoints = [await resolve(client, e, 60.0) for e in config.endpoints]
-        _write_json(out / "config.json", _config_json(config, endpoints))
+        settings = _config_json(config, endpoints)
+        _write_json(out / "config.json", settings)
         await warm_up(client, endpoints, items, config)
         cells = [(b, c, e) for b in config.best_of for c in config.concurrency for e in endpoints]
         bar = tqdm(
@@ -129,10 +132,12 @@ async def run(config: RunConfig, items: Sequence[Item]) -> list[dict]:
                 )
                 reports.append(report)
     write_summary(out / "summary.csv", reports)
+    plots: list[Path] = []
     if config.plots:
         from .plots import plot_all
 
-        plot_all(reports, out / "plots")
+        plots = plot_all(reports, out / "plots")
+    write_html(out / "report.html", reports, settings, plots)
     return reports
 
 

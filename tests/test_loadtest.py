@@ -458,6 +458,9 @@ def test_grid_against_the_real_server(server, tmp_path: Path):
     assert len(rows) == 4 and list(rows[0]) == list(SUMMARY_COLUMNS)
     for name in PLOTS:
         assert (out / "plots" / name).read_bytes().startswith(b"\x89PNG")
+    html = (out / "report.html").read_text()  # opened in a browser in test_ui_browser.py
+    assert html.count('src="data:image/png;base64,') == len(PLOTS)
+    assert html.count("<tr>") == 1 + len(cells)  # the header, then one row per cell
     config = json.loads((out / "config.json").read_text())
     assert config["endpoints"][0]["kind"] == "bon" and config["rate"] == "inf"
 

@@ -82,7 +82,7 @@ def fuzz(schema, max_examples: int, **call) -> collections.Counter:
     counts. (schemathesis' ``from_fixture`` does not run under this pytest, so the strategies
     are driven by hand.)"""
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
+    assert len(operations) == 7
     statuses: collections.Counter[tuple[str, int]] = collections.Counter()
     for operation in operations:
 
