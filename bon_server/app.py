@@ -38,6 +38,7 @@ from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
 from .scorers import Scorer, build_scorer
+from .search import Adaptive
 from .security import GuardMiddleware, error_response
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,13 @@ def create_app(
             or ("verifier" if verifier is not None else "majority"),
             answer_rules=settings.answer_rules,
             max_tokens_limit=settings.max_tokens_limit,
+            adaptive=settings.adaptive,
+            adaptive_params=Adaptive(
+                wave=settings.adaptive_wave,
+                min_candidates=settings.adaptive_min,
+                confidence=settings.adaptive_confidence,
+                threshold=settings.adaptive_threshold,
+            ),
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):

@@ -142,6 +142,20 @@ class Settings(BaseSettings):
     answer_rules: Annotated[tuple[str, ...], NoDecode] = DEFAULT_RULES
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on max_tokens per request")
     keepalive_interval_s: float = Field(2.0, gt=0, description="SSE comment period while sampling")
+    # adaptive sampling: the defaults of requests that do not say (``adaptive``, ``adaptive_*``)
+    adaptive: bool = Field(
+        False, description="draw candidates in waves until the selection is settled"
+    )
+    adaptive_wave: int = Field(4, ge=1, le=128, description="adaptive: candidates per wave")
+    adaptive_min: int = Field(
+        4, ge=1, le=128, description="adaptive: never stop before this many candidates"
+    )
+    adaptive_confidence: float = Field(
+        0.95, ge=0.5, le=1.0, description="adaptive majority rules: P(leader is the mode) to stop"
+    )
+    adaptive_threshold: float = Field(
+        0.9, ge=0.0, le=1.0, description="adaptive verifier rule: best verifier score to stop"
+    )
 
     # the candidate page (GET /ui) and its new-problem button (GET /v1/bon/problem)
     ui: bool = Field(True, description="serve the candidate page at /ui (--no-ui: off)")

@@ -34,6 +34,16 @@ class Metrics:
         self.candidates = Counter(
             "bon_candidates_generated_total", "Candidates sampled.", ["selector"], registry=r
         )
+        self.candidates_not_drawn = Counter(
+            "bon_candidates_not_drawn_total",
+            "Candidates a request could have drawn (best_of) that adaptive sampling did not.",
+            registry=r,
+        )
+        self.tokens_not_generated = Counter(
+            "bon_completion_tokens_not_generated_total",
+            "Estimated tokens saved: candidates not drawn x the request's mean candidate length.",
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "bon_prompt_tokens_total", "Prompt tokens processed.", registry=r
         )

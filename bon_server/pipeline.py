@@ -4,7 +4,8 @@
 engine, so every client mistake is known before a response starts (a streaming
 request still gets a plain 400). ``BestOfN.run`` then makes ONE generator call
 with ``n = best_of``, scores the candidates when the selector needs a verifier,
-and ranks them.
+and ranks them; or, for an adaptive plan, draws waves (one generator call each),
+scoring each wave as it lands, until ``search.should_stop`` or the cap.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from .errors import BonError, InvalidRequestError, ServiceUnavailableError
 from .generators.base import Generator, PreparedRequest
 from .metrics import Metrics
 from .scorers.base import Scorer, StepScorer, aggregate, check_aggregation
+from .search import ADAPTIVE_SELECTORS, Adaptive, should_stop, wave_sizes
 from .selectors import SELECTORS, SelectorInput, check_selector
-from .types import BestOfNResult, Prompt, SamplingParams
+from .types import BestOfNResult, Candidate, Prompt, SamplingParams, Search
+
+WAVE_SEED_STRIDE = 1_000_003  # wave w of a seeded request samples with seed + w * this
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +35,8 @@ class Plan:
     aggregation: str | None
     # the selector needed logprobs the client did not ask for: drop them from the result
     drop_logprobs: bool = False
+    adaptive: Adaptive | None = None  # draw in waves up to best_of (None: all at once)
+    choices: int = 1  # the client's n
 
     @property
     def best_of(self) -> int:
@@ -46,6 +52,8 @@ class Policy:
     default_selector: str = "majority"
     answer_rules: tuple[str, ...] = DEFAULT_RULES
     max_tokens_limit: int | None = None
+    adaptive: bool = False  # --adaptive: requests that do not say are adaptive
+    adaptive_params: Adaptive = Adaptive()  # --adaptive-wave, -min, -confidence, -threshold
 
 
 class BestOfN:
@@ -70,7 +78,11 @@ class BestOfN:
         best_of: int | None = None,
         selector: str | None = None,
         aggregation: str | None = None,
+        adaptive: bool | None = None,
+        adaptive_options: dict[str, float | int | None] | None = None,
     ) -> Plan:
+        """``adaptive``: None follows the server (``--adaptive``); ``adaptive_options``
+        overrides ``Adaptive``'s fields by name for this request."""
         policy = self.policy
         if best_of is None:
             best_of = max(policy.default_best_of, n)
@@ -112,56 +124,128 @@ class BestOfN:
             aggregation = None
         elif aggregation is None:  # the server's --prm-aggregation: say which one scored
             aggregation = getattr(self.scorer, "aggregation", None)
+        waves = self._adaptive(name, best_of, adaptive, adaptive_options or {})
         request = self.generator.prepare(prompt, params, best_of)
-        return Plan(request, name, aggregation, drop_logprobs)
+        return Plan(request, name, aggregation, drop_logprobs, waves, n)
+
+    def _adaptive(
+        self,
+        selector: str,
+        best_of: int,
+        asked: bool | None,
+        options: dict[str, float | int | None],
+    ) -> Adaptive | None:
+        given = {k: v for k, v in options.items() if v is not None}
+        if asked is False or (asked is None and not self.policy.adaptive):
+            return None
+        if selector not in ADAPTIVE_SELECTORS:
+            if asked is None:  # the server's default, for a selector it cannot serve: fixed N
+                return None
+            raise InvalidRequestError(
+                f"adaptive sampling needs a selector with a stopping rule "
+                f"({', '.join(ADAPTIVE_SELECTORS)}); {selector!r} has none",
+                param="adaptive",
+            )
+        params = dataclasses.replace(self.policy.adaptive_params, **given)
+        if best_of == 1:  # nothing to save
+            return None
+        return params
 
     async def run(self, plan: Plan) -> BestOfNResult:
         spec = SELECTORS[plan.selector]
-        t0 = time.perf_counter()
-        generation = await self.generator.generate(plan.request)
-        t1 = time.perf_counter()
-        candidates = generation.candidates
-        if plan.drop_logprobs:
-            candidates = tuple(dataclasses.replace(c, logprobs=None) for c in candidates)
-        answers = tuple(extract_answer(c.text, self.policy.answer_rules) for c in candidates)
-
-        verifier_scores: Sequence[float] | None = None
+        prompt = plan.request.prompt
+        candidates: list[Candidate] = []
+        answers: list[str | None] = []
+        verifier_scores: list[float] | None = [] if spec.needs_verifier else None
         step_scores: list[list[float]] | None = None
-        if spec.needs_verifier:
-            assert self.scorer is not None
-            try:
-                if self.scorer.kind == "prm":  # keep the steps' scores: the response shows them
-                    prm = cast(StepScorer, self.scorer)
-                    step_scores = await prm.step_scores(plan.request.prompt, candidates)
-                    how = plan.aggregation or prm.aggregation
-                    verifier_scores = [aggregate(s, how) for s in step_scores]
-                else:
-                    verifier_scores = await self.scorer.score(
-                        plan.request.prompt, candidates, plan.aggregation
-                    )
-            except BonError:
-                raise
-            except Exception as exc:
-                raise ServiceUnavailableError(f"the verifier failed: {exc}") from exc
-        t2 = time.perf_counter()
+        wave_of: list[int] = []
+        prompt_tokens = plan.request.prompt_tokens
+        generate_s = score_s = 0.0
+        sizes = [plan.best_of] if plan.adaptive is None else wave_sizes(
+            plan.best_of, plan.adaptive, plan.choices
+        )
+        stopped_early = False
+        for wave, size in enumerate(sizes):
+            t0 = time.perf_counter()
+            request = plan.request if plan.adaptive is None else self._wave(plan, wave, size)
+            generation = await self.generator.generate(request)
+            t1 = time.perf_counter()
+            drawn = generation.candidates
+            if plan.drop_logprobs:
+                drawn = tuple(dataclasses.replace(c, logprobs=None) for c in drawn)
+            candidates.extend(drawn)
+            answers.extend(extract_answer(c.text, self.policy.answer_rules) for c in drawn)
+            wave_of.extend([wave] * len(drawn))
+            if verifier_scores is not None:
+                scores, steps = await self._score(prompt, drawn, plan.aggregation)
+                verifier_scores.extend(scores)
+                if steps is not None:
+                    step_scores = (step_scores or []) + steps
+            t2 = time.perf_counter()
+            generate_s += t1 - t0
+            score_s += t2 - t1
+            if (
+                plan.adaptive is not None
+                and wave < len(sizes) - 1
+                and should_stop(plan.selector, answers, verifier_scores, plan.adaptive)
+            ):
+                stopped_early = True
+                break
 
         selection = spec.fn(SelectorInput(candidates, answers, verifier_scores))
         m = self.metrics
+        tokens = sum(len(c.token_ids) for c in candidates)
         m.candidates.labels(plan.selector).inc(len(candidates))
-        m.prompt_tokens.inc(generation.prompt_tokens)
-        m.completion_tokens.inc(sum(len(c.token_ids) for c in candidates))
-        m.generation_duration.observe(t1 - t0)
+        m.prompt_tokens.inc(prompt_tokens)
+        m.completion_tokens.inc(tokens)
+        m.generation_duration.observe(generate_s)
         if spec.needs_verifier:
-            m.scoring_duration.observe(t2 - t1)
+            m.scoring_duration.observe(score_s)
+        skipped = plan.best_of - len(candidates)
+        if skipped:
+            m.candidates_not_drawn.inc(skipped)
+            m.tokens_not_generated.inc(skipped * tokens / len(candidates))  # an estimate
         return BestOfNResult(
-            candidates=candidates,
-            answers=answers,
+            candidates=tuple(candidates),
+            answers=tuple(answers),
             scores=tuple(selection.scores),
             verifier_scores=tuple(verifier_scores) if verifier_scores is not None else None,
             order=tuple(selection.order),
             selector=plan.selector,
             aggregation=plan.aggregation,
-            prompt_tokens=generation.prompt_tokens,
-            timings={"generate_s": t1 - t0, "score_s": t2 - t1},
+            prompt_tokens=prompt_tokens,
+            timings={"generate_s": generate_s, "score_s": score_s},
             step_scores=None if step_scores is None else tuple(map(tuple, step_scores)),
+            search=Search(
+                mode="fixed" if plan.adaptive is None else "adaptive",
+                cap=plan.best_of,
+                waves=len(set(wave_of)),
+                stopped_early=stopped_early,
+                wave_of=tuple(wave_of),
+            ),
         )
+
+    def _wave(self, plan: Plan, wave: int, size: int) -> PreparedRequest:
+        """Wave ``wave``'s request: ``size`` candidates, and its own seed where the client
+        gave one (the same seed would redraw the same candidates)."""
+        params = plan.request.params
+        if params.seed is not None and wave:
+            params = dataclasses.replace(params, seed=(params.seed + WAVE_SEED_STRIDE * wave))
+        return self.generator.prepare(plan.request.prompt, params, size)
+
+    async def _score(
+        self, prompt: Prompt, candidates: Sequence[Candidate], aggregation: str | None
+    ) -> tuple[list[float], list[list[float]] | None]:
+        """The verifier's score of each candidate, and a PRM's step scores (None for an ORM)."""
+        assert self.scorer is not None
+        try:
+            if self.scorer.kind == "prm":  # keep the steps' scores: the response shows them
+                prm = cast(StepScorer, self.scorer)
+                steps = await prm.step_scores(prompt, candidates)
+                how = aggregation or prm.aggregation
+                return [aggregate(s, how) for s in steps], steps
+            return await self.scorer.score(prompt, candidates, aggregation), None
+        except BonError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailableError(f"the verifier failed: {exc}") from exc

@@ -104,6 +104,13 @@ class _Common(RequestModel):
     selector: str | None = None
     return_candidates: bool = False
     prm_aggregation: str | None = None
+    # adaptive sampling: waves up to best_of until the selection is settled (None: the
+    # server's --adaptive and --adaptive-* defaults)
+    adaptive: bool | None = None
+    adaptive_wave: Count | None = None
+    adaptive_min: Count | None = None
+    adaptive_confidence: Annotated[float, Field(ge=0.5, le=1.0)] | None = None
+    adaptive_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -133,6 +140,18 @@ class _Common(RequestModel):
                 "stream_options is only allowed when stream is true", param="stream_options"
             )
         return self
+
+    def search_options(self) -> dict[str, Any]:
+        """The plan's search arguments (``BestOfN.plan``): adaptive, and its overrides."""
+        return {
+            "adaptive": self.adaptive,
+            "adaptive_options": {
+                "wave": self.adaptive_wave,
+                "min_candidates": self.adaptive_min,
+                "confidence": self.adaptive_confidence,
+                "threshold": self.adaptive_threshold,
+            },
+        }
 
     @property
     def include_usage(self) -> bool:
@@ -340,6 +359,19 @@ class CandidateInfo(OpenAIModel):
     # where a PRM scored the candidate: its steps, each with the PRM's probability that the
     # step is right (the verifier_score aggregates these); None otherwise
     steps: list[StepInfo] | None = None
+    wave: int = 0  # adaptive sampling: the wave that drew it
+    state: Literal["finished"] = "finished"
+
+
+class SearchInfo(OpenAIModel):
+    """How the candidates were drawn: ``fixed`` (all best_of at once) or ``adaptive``."""
+
+    mode: Literal["fixed", "adaptive"]
+    cap: int  # best_of: the most candidates the request could draw
+    waves: int
+    candidates_started: int
+    candidates_finished: int
+    stopped_early: bool  # the stopping rule ended sampling below the cap
 
 
 class BestOfNInfo(OpenAIModel):
@@ -351,6 +383,7 @@ class BestOfNInfo(OpenAIModel):
     scores: list[float]  # the selector's score of every candidate, in generation order
     verifier_scores: list[float] | None = None
     chosen: list[int]  # candidate index of each returned choice
+    search: SearchInfo | None = None
     candidates: list[CandidateInfo] | None = None
 
 

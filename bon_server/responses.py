@@ -21,6 +21,7 @@ from .protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    SearchInfo,
     StepInfo,
     Usage,
 )
@@ -69,6 +70,7 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
                 finish_reason=c.finish_reason,
                 completion_tokens=len(c.token_ids),
                 steps=_steps(c.text, result.step_scores[i]) if result.step_scores else None,
+                wave=result.search.wave_of[i] if result.search.wave_of else 0,
             )
             for i, c in enumerate(result.candidates)
         ]
@@ -79,6 +81,14 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
         scores=list(result.scores),
         verifier_scores=list(result.verifier_scores) if result.verifier_scores else None,
         chosen=list(result.order[: meta.n]),
+        search=SearchInfo(
+            mode=result.search.mode,  # type: ignore[arg-type]
+            cap=result.search.cap or len(result.candidates),
+            waves=result.search.waves,
+            candidates_started=len(result.candidates),
+            candidates_finished=len(result.candidates),
+            stopped_early=result.search.stopped_early,
+        ),
         candidates=candidates,
     )
 

@@ -216,6 +216,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         best_of=body.best_of,
         selector=body.selector,
         aggregation=body.prm_aggregation,
+        **body.search_options(),
     )
     meta = ResponseMeta(
         completion_id("chatcmpl"), now(), model, body.n, body.return_candidates, body.include_usage
@@ -251,6 +252,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             best_of=body.best_of,
             selector=body.selector,
             aggregation=body.prm_aggregation,
+            **body.search_options(),
         )
         for p in prompts
     ]

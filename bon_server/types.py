@@ -86,6 +86,17 @@ class Generation:
 
 
 @dataclass(frozen=True, slots=True)
+class Search:
+    """How the candidates were drawn: all at once (``fixed``) or in waves (``adaptive``)."""
+
+    mode: str = "fixed"
+    cap: int = 0  # best_of: the most candidates the request could draw
+    waves: int = 1
+    stopped_early: bool = False  # a stopping rule ended sampling below the cap
+    wave_of: tuple[int, ...] = ()  # the wave each candidate came from
+
+
+@dataclass(frozen=True, slots=True)
 class BestOfNResult:
     """Every candidate in generation order, what the selector made of them, and the cost."""
 
@@ -101,6 +112,7 @@ class BestOfNResult:
     # a PRM's score of each candidate's steps (``steps.split_steps``), where a PRM scored
     # them: the LAST len(...) steps (a text longer than the PRM's context loses its first)
     step_scores: tuple[tuple[float, ...], ...] | None = None
+    search: Search = field(default_factory=Search)
 
     @property
     def completion_tokens(self) -> int:

@@ -1095,3 +1095,34 @@ def test_killing_the_upstream_turns_health_and_requests_into_503(proxy, upstream
     assert info.value.status_code == 503
     assert info.value.body["type"] == "service_unavailable"
     assert httpx.get(f"{proxy.base_url}/health").status_code == 503
+
+
+def test_adaptive_waves_are_separate_upstream_requests():
+    """Adaptive sampling in proxy mode: one upstream call per wave, each with its own n and
+    seed, and no more calls once the vote is settled."""
+
+    def answering(texts: list[str]) -> Upstream:
+        def answer(request: httpx.Request, body: dict[str, Any]) -> dict[str, Any]:
+            reply = chat_reply(body["n"])
+            for i, choice in enumerate(reply["choices"]):
+                choice["message"]["content"] = texts[i % len(texts)]
+                choice["finish_reason"] = "stop"
+            return reply
+
+        return Upstream(answer)
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 16,
+            "adaptive": True, "seed": 3}
+    for texts, waves in ((["The answer is 5."], 1), (["The answer is 5.", "The answer is 6."], 4)):
+        up = answering(texts)
+        app = create_app(Settings(), generator=generator(up, upstream_model="m"))
+        with TestClient(app) as client:
+            r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        posts = [b for path, b in up.posts if path.endswith("/chat/completions")]
+        assert [b["n"] for b in posts] == [4] * waves
+        assert len({b["seed"] for b in posts}) == waves  # every wave its own seed
+        assert r.json()["bon"]["search"]["waves"] == waves
+        assert r.json()["usage"]["completion_tokens"] == waves * sum(
+            4 if i % 2 == 0 else 3 for i in range(4)
+        )
