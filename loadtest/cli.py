@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenAI server asked for n=best_of, NAME=bon:URL for a Best-of-N one "
         "(probed when not said); repeatable",
     )
+    run.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also run every cell with adaptive=true (best_of as the cap), as the endpoint "
+        "NAME+adaptive beside NAME: fixed N and adaptive side by side",
+    )
     run.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request")
     run.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     run.add_argument(
@@ -135,6 +141,12 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     endpoints = [Endpoint(e.name, e.base_url, e.kind, args.model, e.api_key) for e in endpoints]
+    if args.adaptive:  # the same server under the same load, its candidates drawn in waves
+        main = endpoints[0]
+        endpoints.insert(1, Endpoint(
+            f"{main.name}+adaptive", main.base_url, "bon", main.model, main.api_key,
+            (("adaptive", True),),
+        ))
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise SystemExit(f"endpoint names must differ, got {names}")

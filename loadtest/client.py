@@ -15,6 +15,7 @@ answer and all its choices give the oracle coverage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class Endpoint:
     kind: Kind = "auto"
     model: str | None = None
     api_key: str | None = None
+    # Best-of-N request fields this endpoint always sends (``--adaptive``: adaptive=true)
+    extra: tuple[tuple[str, Any], ...] = ()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -112,6 +115,7 @@ def build_request(endpoint: Endpoint, item: Item, spec: RequestSpec) -> tuple[st
             body["return_candidates"] = True
         if spec.selector:
             body["selector"] = spec.selector
+        body.update(endpoint.extra)
     if spec.seed is not None:
         body["seed"] = spec.seed
     return endpoint.base_url + path, body
@@ -256,7 +260,7 @@ async def resolve(client: httpx.AsyncClient, endpoint: Endpoint, timeout_s: floa
         )
         r.raise_for_status()
         kind = "bon" if "bon" in r.json() else "plain"
-    return Endpoint(endpoint.name, endpoint.base_url, kind, model, endpoint.api_key)
+    return dataclasses.replace(endpoint, kind=kind, model=model)
 
 
 async def scrape(client: httpx.AsyncClient, endpoint: Endpoint) -> str | None:

@@ -572,3 +572,27 @@ def test_bench_table_reports_ratios_and_targets():
     text = table(summary | {"verifier": verifier})
     assert "25.0%" in text and "1.500x" in text
     assert len({len(line) for line in text.splitlines()}) == 1  # a well-formed table
+
+
+def test_adaptive_runs_beside_fixed_n_under_the_same_load(tmp_path: Path):
+    """``--adaptive``: every cell also as NAME+adaptive, which sends adaptive=true; on a
+    unanimous scripted server it draws one wave of 4 where fixed N draws all 16."""
+    from asgi_app import app_with, served
+
+    from bon_server.generators.fake import ScriptedGenerator
+
+    app = app_with(ScriptedGenerator(["= 5\nThe answer is 5."]))
+    with served(app) as port:
+        code = loadtest_main([
+            "run", "--base-url", f"http://127.0.0.1:{port}", "--adaptive", "--best-of", "16",
+            "--concurrency", "2", "--requests", "4", "--selector", "majority", "--out",
+            str(tmp_path), "--no-progress", "--no-plots",
+        ])
+    assert code == 0
+    cells = _cells(tmp_path)
+    assert set(cells) == {("bon", 16, 2), ("bon+adaptive", 16, 2)}
+    per_request = {name: r["bon"]["completion_tokens_per_request"] for (name, _, _), r in
+                   cells.items()}
+    assert per_request["bon+adaptive"] * 4 == per_request["bon"]
+    delta = cells[("bon+adaptive", 16, 2)]["server_metrics"]["delta"]
+    assert metric_sum(delta, "bon_candidates_not_drawn_total") == 4 * 12
