@@ -38,7 +38,7 @@ from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
 from .scorers import Scorer, build_scorer
-from .search import Adaptive
+from .search import Adaptive, Prune
 from .security import GuardMiddleware, error_response
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,10 @@ def create_app(
                 min_candidates=settings.adaptive_min,
                 confidence=settings.adaptive_confidence,
                 threshold=settings.adaptive_threshold,
+            ),
+            prune=settings.prune,
+            prune_params=Prune(
+                every=settings.prune_every, keep=settings.prune_keep, rounds=settings.prune_rounds
             ),
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)

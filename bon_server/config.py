@@ -156,6 +156,15 @@ class Settings(BaseSettings):
     adaptive_threshold: float = Field(
         0.9, ge=0.0, le=1.0, description="adaptive verifier rule: best verifier score to stop"
     )
+    # pruning: the defaults of requests that do not say (``prune``, ``prune_*``)
+    prune: bool = Field(
+        False, description="start all candidates, abort the weakest by the verifier part-way"
+    )
+    prune_every: int = Field(1, ge=1, le=128, description="prune: steps between pruning rounds")
+    prune_keep: float = Field(
+        0.5, gt=0.0, le=1.0, description="prune: share of unfinished candidates a round keeps"
+    )
+    prune_rounds: int = Field(1, ge=1, le=128, description="prune: pruning rounds")
 
     # the candidate page (GET /ui) and its new-problem button (GET /v1/bon/problem)
     ui: bool = Field(True, description="serve the candidate page at /ui (--no-ui: off)")
@@ -232,6 +241,10 @@ class Settings(BaseSettings):
                 "verifier_url needs --verifier too: the verifier's tokenizer and config lay out "
                 "the text locally (only those are loaded, no weights)"
             )
+        if self.prune and self.verifier is None:
+            raise ValueError("prune needs --verifier: it ranks the partial candidates")
+        if self.prune and self.adaptive:
+            raise ValueError("choose one of --adaptive and --prune")
         if self.default_selector is not None:
             from .selectors import SELECTORS, check_selector
 

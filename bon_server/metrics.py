@@ -39,9 +39,15 @@ class Metrics:
             "Candidates a request could have drawn (best_of) that adaptive sampling did not.",
             registry=r,
         )
+        self.candidates_pruned = Counter(
+            "bon_candidates_pruned_total",
+            "Candidates aborted part-way by verifier-guided pruning.",
+            registry=r,
+        )
         self.tokens_not_generated = Counter(
             "bon_completion_tokens_not_generated_total",
-            "Estimated tokens saved: candidates not drawn x the request's mean candidate length.",
+            "Estimated tokens saved: each candidate not drawn or pruned, short of the request's "
+            "mean finished candidate length.",
             registry=r,
         )
         self.prompt_tokens = Counter(

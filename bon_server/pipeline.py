@@ -18,10 +18,11 @@ from typing import cast
 
 from .answers import DEFAULT_RULES, extract_answer
 from .errors import BonError, InvalidRequestError, ServiceUnavailableError
-from .generators.base import Generator, PreparedRequest
+from .generators.base import Generator, PreparedRequest, StreamingGenerator
 from .metrics import Metrics
 from .scorers.base import Scorer, StepScorer, aggregate, check_aggregation
-from .search import ADAPTIVE_SELECTORS, Adaptive, should_stop, wave_sizes
+from .search import ADAPTIVE_SELECTORS, Adaptive, Prune, draw_pruned, should_stop, wave_sizes
+from .search.prune import Scores
 from .selectors import SELECTORS, SelectorInput, check_selector
 from .types import BestOfNResult, Candidate, Prompt, SamplingParams, Search
 
@@ -37,6 +38,7 @@ class Plan:
     drop_logprobs: bool = False
     adaptive: Adaptive | None = None  # draw in waves up to best_of (None: all at once)
     choices: int = 1  # the client's n
+    prune: Prune | None = None  # start all, abort the weakest at step boundaries
 
     @property
     def best_of(self) -> int:
@@ -54,6 +56,8 @@ class Policy:
     max_tokens_limit: int | None = None
     adaptive: bool = False  # --adaptive: requests that do not say are adaptive
     adaptive_params: Adaptive = Adaptive()  # --adaptive-wave, -min, -confidence, -threshold
+    prune: bool = False  # --prune: requests that do not say are pruned
+    prune_params: Prune = Prune()  # --prune-every, -keep, -rounds
 
 
 class BestOfN:
@@ -80,9 +84,11 @@ class BestOfN:
         aggregation: str | None = None,
         adaptive: bool | None = None,
         adaptive_options: dict[str, float | int | None] | None = None,
+        prune: bool | None = None,
+        prune_options: dict[str, float | int | None] | None = None,
     ) -> Plan:
-        """``adaptive``: None follows the server (``--adaptive``); ``adaptive_options``
-        overrides ``Adaptive``'s fields by name for this request."""
+        """``adaptive``, ``prune``: None follows the server (``--adaptive``, ``--prune``);
+        the options override ``Adaptive``'s and ``Prune``'s fields by name."""
         policy = self.policy
         if best_of is None:
             best_of = max(policy.default_best_of, n)
@@ -125,8 +131,38 @@ class BestOfN:
         elif aggregation is None:  # the server's --prm-aggregation: say which one scored
             aggregation = getattr(self.scorer, "aggregation", None)
         waves = self._adaptive(name, best_of, adaptive, adaptive_options or {})
+        pruning = self._prune(best_of, prune, prune_options or {})
+        if waves is not None and pruning is not None:
+            if adaptive is None:  # the server's default gives way to what the request asked
+                waves = None
+            elif prune is None:
+                pruning = None
+            else:
+                raise InvalidRequestError(
+                    "adaptive and prune cannot be combined in one request; choose one",
+                    param="prune",
+                )
         request = self.generator.prepare(prompt, params, best_of)
-        return Plan(request, name, aggregation, drop_logprobs, waves, n)
+        return Plan(request, name, aggregation, drop_logprobs, waves, n, pruning)
+
+    def _prune(
+        self, best_of: int, asked: bool | None, options: dict[str, float | int | None]
+    ) -> Prune | None:
+        if asked is False or (asked is None and not self.policy.prune) or best_of == 1:
+            return None
+        if self.scorer is None:
+            raise InvalidRequestError(
+                "prune needs a verifier to rank the partial candidates, and this server has "
+                "none loaded; start it with --verifier",
+                param="prune",
+            )
+        if not hasattr(self.generator, "stream"):
+            raise InvalidRequestError(
+                "prune needs a backend that follows candidates one by one; this one does not",
+                param="prune",
+            )
+        given = {k: v for k, v in options.items() if v is not None}
+        return dataclasses.replace(self.policy.prune_params, **given)
 
     def _adaptive(
         self,
@@ -152,6 +188,8 @@ class BestOfN:
         return params
 
     async def run(self, plan: Plan) -> BestOfNResult:
+        if plan.prune is not None:
+            return await self._run_pruned(plan, plan.prune)
         spec = SELECTORS[plan.selector]
         prompt = plan.request.prompt
         candidates: list[Candidate] = []
@@ -225,6 +263,81 @@ class BestOfN:
             ),
         )
 
+    async def _run_pruned(self, plan: Plan, prune: Prune) -> BestOfNResult:
+        """Every candidate started, the weakest aborted at step boundaries (``search.prune``);
+        the survivors and those that ended early are selected as usual."""
+        spec = SELECTORS[plan.selector]
+        prompt = plan.request.prompt
+        generator = cast(StreamingGenerator, self.generator)
+
+        async def score(candidates: Sequence[Candidate]) -> Scores:
+            return await self._score(prompt, candidates, plan.aggregation)
+
+        t0 = time.perf_counter()
+        drawn = await draw_pruned(
+            lambda i: generator.stream(plan.request, i),
+            plan.best_of,
+            prune,
+            plan.choices,
+            score,
+            score_finished=spec.needs_verifier,
+        )
+        t1 = time.perf_counter()
+        candidates = list(drawn.candidates)
+        if plan.drop_logprobs:
+            candidates = [dataclasses.replace(c, logprobs=None) for c in candidates]
+        kept = [i for i in range(len(candidates)) if i not in drawn.pruned]
+        answers: list[str | None] = [
+            None if i in drawn.pruned else extract_answer(c.text, self.policy.answer_rules)
+            for i, c in enumerate(candidates)
+        ]
+        verifier = drawn.verifier_scores
+        selection = spec.fn(
+            SelectorInput(
+                [candidates[i] for i in kept],
+                [answers[i] for i in kept],
+                [verifier[i] for i in kept] if verifier is not None else None,
+            )
+        )
+        scores = [0.0] * len(candidates)  # a pruned candidate is never chosen
+        for j, i in enumerate(kept):
+            scores[i] = selection.scores[j]
+        order = [kept[j] for j in selection.order] + sorted(drawn.pruned)
+
+        m = self.metrics
+        m.candidates.labels(plan.selector).inc(len(candidates))
+        m.prompt_tokens.inc(plan.request.prompt_tokens)
+        m.completion_tokens.inc(sum(len(c.token_ids) for c in candidates))
+        m.generation_duration.observe(t1 - t0)
+        if spec.needs_verifier:
+            m.scoring_duration.observe(drawn.exposed_score_s)
+        if drawn.pruned:
+            m.candidates_pruned.inc(len(drawn.pruned))
+            finished = [len(candidates[i].token_ids) for i in kept]
+            mean = sum(finished) / len(finished) if finished else 0.0
+            m.tokens_not_generated.inc(
+                sum(max(0.0, mean - len(candidates[i].token_ids)) for i in drawn.pruned)
+            )
+        return BestOfNResult(
+            candidates=tuple(candidates),
+            answers=tuple(answers),
+            scores=tuple(scores),
+            verifier_scores=verifier,
+            order=tuple(order),
+            selector=plan.selector,
+            aggregation=plan.aggregation,
+            prompt_tokens=plan.request.prompt_tokens,
+            timings={"generate_s": t1 - t0, "score_s": drawn.exposed_score_s},
+            step_scores=drawn.step_scores,
+            search=Search(
+                mode="prune",
+                cap=plan.best_of,
+                wave_of=(0,) * len(candidates),
+                pruned=tuple(sorted(drawn.pruned)),
+                rounds=drawn.rounds,
+            ),
+        )
+
     def _wave(self, plan: Plan, wave: int, size: int) -> PreparedRequest:
         """Wave ``wave``'s request: ``size`` candidates, and its own seed where the client
         gave one (the same seed would redraw the same candidates)."""
@@ -235,7 +348,7 @@ class BestOfN:
 
     async def _score(
         self, prompt: Prompt, candidates: Sequence[Candidate], aggregation: str | None
-    ) -> tuple[list[float], list[list[float]] | None]:
+    ) -> Scores:
         """The verifier's score of each candidate, and a PRM's step scores (None for an ORM)."""
         assert self.scorer is not None
         try:

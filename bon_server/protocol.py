@@ -111,6 +111,11 @@ class _Common(RequestModel):
     adaptive_min: Count | None = None
     adaptive_confidence: Annotated[float, Field(ge=0.5, le=1.0)] | None = None
     adaptive_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    # verifier-guided pruning: all best_of start, the weakest are aborted at step boundaries
+    prune: bool | None = None
+    prune_every: Count | None = None
+    prune_keep: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    prune_rounds: Count | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
     top_k: Annotated[int, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -142,7 +147,7 @@ class _Common(RequestModel):
         return self
 
     def search_options(self) -> dict[str, Any]:
-        """The plan's search arguments (``BestOfN.plan``): adaptive, and its overrides."""
+        """The plan's search arguments (``BestOfN.plan``): adaptive, prune, their overrides."""
         return {
             "adaptive": self.adaptive,
             "adaptive_options": {
@@ -150,6 +155,12 @@ class _Common(RequestModel):
                 "min_candidates": self.adaptive_min,
                 "confidence": self.adaptive_confidence,
                 "threshold": self.adaptive_threshold,
+            },
+            "prune": self.prune,
+            "prune_options": {
+                "every": self.prune_every,
+                "keep": self.prune_keep,
+                "rounds": self.prune_rounds,
             },
         }
 
@@ -354,23 +365,28 @@ class CandidateInfo(OpenAIModel):
     score: float
     verifier_score: float | None
     answer: str | None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "pruned"]
     completion_tokens: int
     # where a PRM scored the candidate: its steps, each with the PRM's probability that the
     # step is right (the verifier_score aggregates these); None otherwise
     steps: list[StepInfo] | None = None
     wave: int = 0  # adaptive sampling: the wave that drew it
-    state: Literal["finished"] = "finished"
+    # pruned: aborted part-way (its text: the lines the verifier judged; its tokens: all it
+    # made; its verifier_score: at pruning; never chosen)
+    state: Literal["finished", "pruned"] = "finished"
 
 
 class SearchInfo(OpenAIModel):
-    """How the candidates were drawn: ``fixed`` (all best_of at once) or ``adaptive``."""
+    """How the candidates were drawn: ``fixed`` (all best_of at once), ``adaptive`` (waves
+    until settled) or ``prune`` (all started, the weakest aborted part-way)."""
 
-    mode: Literal["fixed", "adaptive"]
+    mode: Literal["fixed", "adaptive", "prune"]
     cap: int  # best_of: the most candidates the request could draw
     waves: int
     candidates_started: int
     candidates_finished: int
+    candidates_pruned: int = 0
+    prune_rounds: int = 0  # pruning rounds that aborted something
     stopped_early: bool  # the stopping rule ended sampling below the cap
 
 

@@ -59,6 +59,7 @@ def _steps(text: str, scores: Sequence[float]) -> list[StepInfo]:
 
 def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
     candidates = None
+    pruned = set(result.search.pruned)
     if meta.return_candidates:
         candidates = [
             CandidateInfo(
@@ -67,10 +68,11 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
                 score=result.scores[i],
                 verifier_score=result.verifier_scores[i] if result.verifier_scores else None,
                 answer=result.answers[i],
-                finish_reason=c.finish_reason,
+                finish_reason="pruned" if i in pruned else c.finish_reason,
                 completion_tokens=len(c.token_ids),
                 steps=_steps(c.text, result.step_scores[i]) if result.step_scores else None,
                 wave=result.search.wave_of[i] if result.search.wave_of else 0,
+                state="pruned" if i in pruned else "finished",
             )
             for i, c in enumerate(result.candidates)
         ]
@@ -86,7 +88,9 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
             cap=result.search.cap or len(result.candidates),
             waves=result.search.waves,
             candidates_started=len(result.candidates),
-            candidates_finished=len(result.candidates),
+            candidates_finished=len(result.candidates) - len(pruned),
+            candidates_pruned=len(pruned),
+            prune_rounds=result.search.rounds,
             stopped_early=result.search.stopped_early,
         ),
         candidates=candidates,

@@ -78,6 +78,19 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """One candidate as it grows (``Generator.stream``): all of it so far, and whether it
+    has ended (only then is its ``finish_reason`` meant)."""
+
+    candidate: Candidate
+    done: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.candidate.text
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     """One engine request's result: every candidate plus the prompt's token count."""
 
@@ -87,13 +100,16 @@ class Generation:
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    """How the candidates were drawn: all at once (``fixed``) or in waves (``adaptive``)."""
+    """How the candidates were drawn: all at once (``fixed``), in waves (``adaptive``), or
+    all started and the weakest aborted on the way (``prune``)."""
 
-    mode: str = "fixed"
+    mode: str = "fixed"  # or "adaptive", "prune"
     cap: int = 0  # best_of: the most candidates the request could draw
     waves: int = 1
     stopped_early: bool = False  # a stopping rule ended sampling below the cap
     wave_of: tuple[int, ...] = ()  # the wave each candidate came from
+    pruned: tuple[int, ...] = ()  # candidates aborted by pruning (their text is partial)
+    rounds: int = 0  # pruning rounds that aborted something
 
 
 @dataclass(frozen=True, slots=True)

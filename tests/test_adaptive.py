@@ -105,7 +105,8 @@ def test_a_unanimous_stream_stops_after_its_first_wave():
     bon = body["bon"]
     assert bon["search"] == {
         "mode": "adaptive", "cap": 16, "waves": 1, "candidates_started": 4,
-        "candidates_finished": 4, "stopped_early": True,
+        "candidates_finished": 4, "candidates_pruned": 0, "prune_rounds": 0,
+        "stopped_early": True,
     }
     assert len(bon["candidates"]) == 4 and [c["wave"] for c in bon["candidates"]] == [0] * 4
     assert [call.n for call in gen.calls] == [4]
@@ -149,7 +150,8 @@ def test_server_defaults_and_what_a_request_says():
     r = ask(app, best_of=8, selector="logprob")
     assert r.json()["bon"]["search"] == {
         "mode": "fixed", "cap": 8, "waves": 1, "candidates_started": 8,
-        "candidates_finished": 8, "stopped_early": False,
+        "candidates_finished": 8, "candidates_pruned": 0, "prune_rounds": 0,
+        "stopped_early": False,
     }
     # ... and a request that asks for it is refused, before any engine work
     calls = len(generator.calls)

@@ -7,10 +7,11 @@ engine request with ``n = best_of``, sharing the prompt's prefix computation.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..types import Generation, Prompt, SamplingParams
+from ..types import Generation, Progress, Prompt, SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,4 +34,13 @@ class Generator(Protocol):
 
     async def generate(self, request: PreparedRequest) -> Generation:
         """Sample ``request.n`` candidates; cancelling the call aborts all of them."""
+        ...
+
+
+class StreamingGenerator(Generator, Protocol):
+    """A generator that can also follow one candidate at a time (for pruning)."""
+
+    def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
+        """Candidate ``index`` of ``request`` alone, as it grows; closing the iteration
+        aborts it."""
         ...

@@ -10,10 +10,10 @@ keep-alives and cancellation); ``fail_with`` makes ``generate`` raise.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from ..errors import InvalidRequestError
-from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
 from .base import PreparedRequest
 
 
@@ -34,6 +34,7 @@ class ScriptedGenerator:
         self.fail_with = fail_with
         self.calls: list[PreparedRequest] = []
         self.cancelled = 0
+        self.streams_cancelled = 0
 
     def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
         if prompt.token_ids is not None:
@@ -76,6 +77,32 @@ class ScriptedGenerator:
                 )
             )
         return Generation(tuple(candidates), prompt_tokens=request.prompt_tokens)
+
+
+    async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
+        """Candidate ``index`` line by line (``delay_s`` before each line); ``streams_cancelled``
+        counts the candidates closed before their end."""
+        text = self.texts[index % len(self.texts)]
+        lines = text.splitlines(keepends=True)
+        so_far = ""
+        try:
+            for k, line in enumerate(lines):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                so_far += line
+                done = k == len(lines) - 1
+                yield Progress(
+                    Candidate(
+                        text=so_far,
+                        token_ids=tuple(ord(ch) for ch in so_far),
+                        cumulative_logprob=-0.1 * (index + 1) * len(so_far),
+                        finish_reason="stop",
+                    ),
+                    done,
+                )
+        except (asyncio.CancelledError, GeneratorExit):
+            self.streams_cancelled += 1
+            raise
 
 
 class ConstantScorer:

@@ -7,15 +7,16 @@ It knows nothing of HTTP, scoring or selection.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import request_id_var
 from ..errors import BonError, InvalidRequestError, ServiceUnavailableError
-from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
 from .base import PreparedRequest
 
 if TYPE_CHECKING:
@@ -142,10 +143,13 @@ class VLLMGenerator:
 
     # ----------------------------------------------------------------- generate
 
-    def _sampling_params(self, p: SamplingParams, n: int, max_tokens: int) -> Any:
+    def _sampling_params(
+        self, p: SamplingParams, n: int, max_tokens: int, cumulative: bool = False
+    ) -> Any:
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        kind = RequestOutputKind.CUMULATIVE if cumulative else RequestOutputKind.FINAL_ONLY
         return VSamplingParams(
             n=n,
             max_tokens=max_tokens,
@@ -161,8 +165,9 @@ class VLLMGenerator:
             logit_bias=dict(p.logit_bias) or None,
             logprobs=p.logprobs,
             ignore_eos=p.ignore_eos,
-            # One yield holding all n candidates (the default may end on a partial one).
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # One yield holding all n candidates (the default may end on a partial one);
+            # ``stream`` follows one candidate as it grows instead.
+            output_kind=kind,
         )
 
     async def generate(self, request: PreparedRequest) -> Generation:
@@ -196,6 +201,42 @@ class VLLMGenerator:
                 )
             )
         return Generation(tuple(candidates), prompt_tokens=len(ids))
+
+    async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
+        """Candidate ``index`` of ``request`` alone (its own engine request, n = 1, seeded
+        ``seed + index`` where the client gave a seed), yielded as it grows. Closing or
+        cancelling the iteration aborts it in the engine."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        ids, engine_params = request.payload
+        p = request.params
+        if p.seed is not None:
+            p = dataclasses.replace(p, seed=p.seed + index)
+        one = self._sampling_params(p, 1, engine_params.max_tokens, cumulative=True)
+        request_id = f"bon-{request_id_var.get() or ''}-{uuid.uuid4().hex}-{index}"
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": ids}, one, request_id):
+                out = output.outputs[0]
+                done = output.finished
+                if done and out.finish_reason not in ("stop", "length"):
+                    raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+                yield Progress(
+                    Candidate(
+                        text=out.text,
+                        token_ids=tuple(out.token_ids),
+                        cumulative_logprob=out.cumulative_logprob,
+                        finish_reason=out.finish_reason if done else "length",
+                        logprobs=self._logprobs(out.token_ids, out.logprobs, p.logprobs)
+                        if done
+                        else None,
+                    ),
+                    done,
+                )
+        except EngineDeadError as exc:
+            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
+        except VLLMClientError as exc:
+            raise InvalidRequestError(str(exc)) from exc
 
     def _logprobs(
         self, token_ids: Sequence[int], entries: Any, k: int | None

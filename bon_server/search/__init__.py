@@ -5,12 +5,25 @@
                stopping rule looks at what is there (``rules.py``) and sampling stops once
                the selection is settled (Adaptive-Consistency, Aggarwal et al. 2023;
                Early-Stopping Self-Consistency, Li et al. 2024)
+    prune      every candidate started as its own engine request; at step boundaries the
+               verifier ranks the unfinished ones and the weakest are aborted (``prune.py``;
+               Speculative Rejection, Sun et al. 2024)
 
 This package knows nothing of HTTP; the pipeline asks it what to do next.
 """
 
 from __future__ import annotations
 
+from .prune import Prune, Pruned, draw_pruned
 from .rules import ADAPTIVE_SELECTORS, Adaptive, beta_confidence, should_stop, wave_sizes
 
-__all__ = ["ADAPTIVE_SELECTORS", "Adaptive", "beta_confidence", "should_stop", "wave_sizes"]
+__all__ = [
+    "ADAPTIVE_SELECTORS",
+    "Adaptive",
+    "Prune",
+    "Pruned",
+    "beta_confidence",
+    "draw_pruned",
+    "should_stop",
+    "wave_sizes",
+]
