@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-orm": ("verifier_training.train_orm", "train an outcome reward model on records"),
     "train-prm": ("verifier_training.train_prm", "train a process reward model on step labels"),
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
+    "adaptive": ("verifier_training.adaptive_sim",
+                 "replay adaptive sampling's stopping rule over samples: tokens vs accuracy"),
     "ceilings": ("verifier_training.ceilings", "Best-of-N ceilings: exact step checker, policy"),
     "probe-steps": ("verifier_training.probe_steps", "how learnable one-step checking is: AUC"),
     "probe-lookups": ("verifier_training.probe_lookups",
