@@ -146,12 +146,12 @@ class Settings(BaseSettings):
     adaptive: bool = Field(
         False, description="draw candidates in waves until the selection is settled"
     )
-    adaptive_wave: int = Field(4, ge=1, le=128, description="adaptive: candidates per wave")
+    adaptive_wave: int = Field(2, ge=1, le=128, description="adaptive: candidates per wave")
     adaptive_min: int = Field(
-        4, ge=1, le=128, description="adaptive: never stop before this many candidates"
+        3, ge=1, le=128, description="adaptive: never stop before this many candidates"
     )
     adaptive_confidence: float = Field(
-        0.95, ge=0.5, le=1.0, description="adaptive majority rules: P(leader is the mode) to stop"
+        0.75, ge=0.5, le=1.0, description="adaptive majority rules: P(leader is the mode) to stop"
     )
     adaptive_threshold: float = Field(
         0.9, ge=0.0, le=1.0, description="adaptive verifier rule: best verifier score to stop"

@@ -13,6 +13,7 @@ import pytest
 from asgi_app import app_with, chat_body, openai_error, running, sample, scenario
 from conftest import LONG_REQUEST, MODEL, Q, assert_aborted, wait_for
 
+from bon_server.config import Settings
 from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
 from bon_server.metrics import Metrics
 from bon_server.pipeline import WAVE_SEED_STRIDE
@@ -92,8 +93,11 @@ def ask(app, **body):
 
 
 def drawn(texts, metrics=None, scorer=None, **body):
+    """A request to the scripted app; waves of 4 from a minimum of 4 and the classic 0.95
+    unless the body says otherwise (the server's defaults are tested on their own)."""
     generator = ScriptedGenerator(texts)
     app = app_with(generator, scorer, metrics)
+    body = {"adaptive_wave": 4, "adaptive_min": 4, "adaptive_confidence": 0.95, **body}
     r = ask(app, return_candidates=True, **body)
     assert r.status_code == 200, r.text
     return r.json(), generator
@@ -134,17 +138,23 @@ def test_per_request_parameters_override_the_servers():
     assert [call.n for call in gen.calls] == [8]  # unanimous, but not before 8
     body, gen = drawn([FIVE, SIX], best_of=9, adaptive=True, adaptive_wave=2, adaptive_min=2)
     assert [call.n for call in gen.calls] == [2, 2, 2, 2, 1]
-    # a lower confidence settles the 3-to-1 split the default (0.95) does not
+    # a lower confidence settles the 3-to-1 split 0.95 does not
     body, gen = drawn([FIVE, FIVE, FIVE, SIX], best_of=16, adaptive=True, adaptive_confidence=0.8)
     assert [call.n for call in gen.calls] == [4]
 
 
 def test_server_defaults_and_what_a_request_says():
     generator = ScriptedGenerator([FIVE])
-    app = app_with(generator, adaptive=True, adaptive_min=2, adaptive_wave=2)
+    app = app_with(generator, adaptive=True, adaptive_min=2, adaptive_wave=2,
+                   adaptive_confidence=0.95)
     search = ask(app, best_of=16).json()["bon"]["search"]
     # two unanimous votes are not enough (0.875), four are (0.97): two waves of 2
     assert search["candidates_started"] == 4 and search["waves"] == 2
+    # the shipped defaults: a first wave of 3, then 2 at a time, confidence 0.75
+    split = ScriptedGenerator([FIVE, SIX])
+    search = ask(app_with(split, adaptive=True), best_of=16).json()["bon"]["search"]
+    assert [c.n for c in split.calls] == [3, 2, 2, 2, 2, 2, 2, 1] and search["waves"] == 8
+    assert Settings().adaptive_wave == 2 and Settings().adaptive_min == 3
     assert ask(app, best_of=16, adaptive=False).json()["bon"]["search"]["mode"] == "fixed"
     # a selector with no stopping rule: the server default falls back to fixed N ...
     r = ask(app, best_of=8, selector="logprob")
@@ -191,6 +201,7 @@ def test_adaptive_on_the_engine_usage_adds_up(client):
 
     r = chat(client, Q, seed=1, max_tokens=64,
              extra_body={"best_of": 16, "adaptive": True, "selector": "majority",
+                         "adaptive_wave": 4, "adaptive_min": 4, "adaptive_confidence": 0.95,
                          "return_candidates": True})
     search, cands = r.bon["search"], r.bon["candidates"]
     assert search["mode"] == "adaptive" and search["candidates_started"] == len(cands)

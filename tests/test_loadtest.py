@@ -581,7 +581,7 @@ def test_adaptive_runs_beside_fixed_n_under_the_same_load(tmp_path: Path):
 
     from bon_server.generators.fake import ScriptedGenerator
 
-    app = app_with(ScriptedGenerator(["= 5\nThe answer is 5."]))
+    app = app_with(ScriptedGenerator(["= 5\nThe answer is 5."]), adaptive_min=4, adaptive_wave=4)
     with served(app) as port:
         code = loadtest_main([
             "run", "--base-url", f"http://127.0.0.1:{port}", "--adaptive", "--best-of", "16",

@@ -1112,7 +1112,7 @@ def test_adaptive_waves_are_separate_upstream_requests():
         return Upstream(answer)
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 16,
-            "adaptive": True, "seed": 3}
+            "adaptive": True, "adaptive_wave": 4, "adaptive_min": 4, "seed": 3}
     for texts, waves in ((["The answer is 5."], 1), (["The answer is 5.", "The answer is 6."], 4)):
         up = answering(texts)
         app = create_app(Settings(), generator=generator(up, upstream_model="m"))
