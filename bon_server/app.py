@@ -91,6 +91,7 @@ def create_app(
             prune_params=Prune(
                 every=settings.prune_every, keep=settings.prune_keep, rounds=settings.prune_rounds
             ),
+            score_while_decoding=settings.score_while_decoding,
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         0.5, gt=0.0, le=1.0, description="prune: share of unfinished candidates a round keeps"
     )
     prune_rounds: int = Field(1, ge=1, le=128, description="prune: pruning rounds")
+    score_while_decoding: bool = Field(
+        False,
+        description="in-process, fixed N with a verifier: one engine request per candidate, "
+        "each scored as it ends while the others decode",
+    )
 
     # the candidate page (GET /ui) and its new-problem button (GET /v1/bon/problem)
     ui: bool = Field(True, description="serve the candidate page at /ui (--no-ui: off)")

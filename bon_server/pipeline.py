@@ -58,6 +58,9 @@ class Policy:
     adaptive_params: Adaptive = Adaptive()  # --adaptive-wave, -min, -confidence, -threshold
     prune: bool = False  # --prune: requests that do not say are pruned
     prune_params: Prune = Prune()  # --prune-every, -keep, -rounds
+    # --score-while-decoding: fixed N with a verifier follows each candidate on its own and
+    # scores it as it ends, while the others still decode
+    score_while_decoding: bool = False
 
 
 class BestOfN:
@@ -142,6 +145,14 @@ class BestOfN:
                     "adaptive and prune cannot be combined in one request; choose one",
                     param="prune",
                 )
+        if (
+            pruning is None
+            and waves is None
+            and spec.needs_verifier
+            and self.policy.score_while_decoding
+            and hasattr(self.generator, "stream")
+        ):
+            pruning = Prune(rounds=0)  # no pruning: the per-candidate path, for its scoring
         request = self.generator.prepare(prompt, params, best_of)
         return Plan(request, name, aggregation, drop_logprobs, waves, n, pruning)
 
@@ -330,7 +341,7 @@ class BestOfN:
             timings={"generate_s": t1 - t0, "score_s": drawn.exposed_score_s},
             step_scores=drawn.step_scores,
             search=Search(
-                mode="prune",
+                mode="prune" if prune.rounds else "fixed",
                 cap=plan.best_of,
                 wave_of=(0,) * len(candidates),
                 pruned=tuple(sorted(drawn.pruned)),

@@ -159,3 +159,26 @@ def test_pruning_on_the_engine_stops_exactly_the_pruned(server):
     assert counted <= generated <= counted + 8 * 2
     assert generated < 16 * 460
     assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 0)
+
+
+def test_score_while_decoding_scores_early_finishers_before_the_last_ends():
+    """--score-while-decoding: fixed N with a verifier goes candidate by candidate, and a
+    candidate that ends is scored while the others still decode."""
+    generator = ScriptedGenerator([SHORT, THREE + "\nmore\nmore\nmore"], delay_s=0.01)
+    seen: list[int] = []
+
+    class Recording(ConstantScorer):
+        async def score(self, prompt, candidates, aggregation=None):
+            seen.append(generator.streams_finished)
+            return await super().score(prompt, candidates, aggregation)
+
+    app = app_with(generator, Recording((0.3, 0.7)), score_while_decoding=True)
+    bon = ask(app, best_of=6, selector="verifier", return_candidates=True).json()["bon"]
+    assert bon["search"]["mode"] == "fixed" and bon["search"]["candidates_pruned"] == 0
+    assert generator.calls == []  # no n=6 engine call: six followed candidates
+    assert len(seen) == 6 and min(seen) < 6  # scored before every candidate had ended
+    assert all(c["state"] == "finished" for c in bon["candidates"])
+    assert bon["verifier_scores"] is not None and len(bon["verifier_scores"]) == 6
+    # majority needs no verifier: the one-call path as before
+    ask(app, best_of=6, selector="majority")
+    assert len(generator.calls) == 1 and generator.calls[0].n == 6

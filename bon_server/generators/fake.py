@@ -35,6 +35,7 @@ class ScriptedGenerator:
         self.calls: list[PreparedRequest] = []
         self.cancelled = 0
         self.streams_cancelled = 0
+        self.streams_finished = 0
 
     def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
         if prompt.token_ids is not None:
@@ -100,6 +101,7 @@ class ScriptedGenerator:
                     ),
                     done,
                 )
+            self.streams_finished += 1
         except (asyncio.CancelledError, GeneratorExit):
             self.streams_cancelled += 1
             raise

@@ -34,7 +34,7 @@ class Prune:
 
     every: int = 1  # steps between pruning rounds (a round at 1, 2, ... x every steps)
     keep: float = 0.5  # share of the unfinished candidates each round keeps
-    rounds: int = 1  # pruning rounds
+    rounds: int = 1  # pruning rounds (0: none; every candidate followed and scored as it ends)
 
 
 @dataclass(frozen=True, slots=True)
