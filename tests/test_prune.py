@@ -51,8 +51,9 @@ def test_the_lowest_half_is_aborted_and_never_chosen():
     for c in bon["candidates"]:
         if c["state"] == "pruned":
             assert c["finish_reason"] == "pruned" and c["score"] == 0.0 and c["answer"] is None
-            assert c["text"] == "1 + 1 = 2\n"  # the finished lines it was judged on
-            assert 0 < c["completion_tokens"] < len(THREE)
+            # the finished lines it was judged on (one or two: the candidates race)
+            assert c["text"] in ("1 + 1 = 2\n", "1 + 1 = 2\n2 + 2 = 4\n")
+            assert len(c["text"]) <= c["completion_tokens"] < len(THREE)
         else:
             assert c["text"] == THREE and c["completion_tokens"] == len(THREE)
     assert bon["chosen"][0] % 2 == 1
@@ -65,8 +66,11 @@ def test_the_lowest_half_is_aborted_and_never_chosen():
                         if c["state"] == "pruned")
 
 
+LONG = "1 + 1 = 2\n" * 6 + "The answer is 2."  # far from its end when round 2 comes
+
+
 def test_rounds_keep_shares_and_at_least_n():
-    app, _ = pruned_app()
+    app, _ = pruned_app(texts=(LONG,))
     bon = ask(app, best_of=8, prune=True, prune_rounds=2, return_candidates=True).json()["bon"]
     assert bon["search"]["candidates_pruned"] == 6 and bon["search"]["prune_rounds"] == 2
     bon = ask(app, best_of=8, n=6, prune=True).json()["bon"]
