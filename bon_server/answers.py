@@ -3,7 +3,7 @@
 A *rule* turns a completion into its final answer string (or None). The majority
 and weighted-majority selectors group candidates by ``normalize_answer`` of what
 the first matching rule extracts; the arithmetic checker in
-``verifier_training.tasks.arith`` uses the same functions, so "correct" during
+``bon_server.tasks.arith`` uses the same functions, so "correct" during
 training and "same answer" during serving mean one thing.
 
 Rules are looked up by name in ``ANSWER_RULES``; unknown names fail by listing

@@ -206,6 +206,15 @@ class Settings(BaseSettings):
             defaults = {k: v for k, v in defaults.items() if k == "prm_aggregation"}
         return {**defaults, **data}
 
+    @field_validator("world")
+    @classmethod
+    def _world(cls, value: str | None) -> str | None:
+        if value is not None:
+            from .tasks import get_task
+
+            get_task(value)  # unknown: a ValueError listing the worlds
+        return value
+
     @field_validator("answer_rules", mode="before")
     @classmethod
     def _rules(cls, value: object) -> tuple[str, ...]:
@@ -263,16 +272,9 @@ class Settings(BaseSettings):
         """``world``, else the world named in the policy's training_config.json (local only)."""
         if self.world is not None or self.upstream is not None:
             return self.world
-        try:
-            record = json.loads((Path(self.model) / "training_config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict) or "verifier_training" not in str(record.get("command")):
-            return None
-        data = record.get("data")
-        # ``sft --task`` defaults to arith; the first policies' configs predate the field
-        task = data.get("task", "arith") if isinstance(data, dict) else "arith"
-        return task if isinstance(task, str) else None
+        from .tasks import policy_world
+
+        return policy_world(self.model)
 
     @property
     def model_name(self) -> str:

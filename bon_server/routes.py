@@ -49,6 +49,7 @@ from .responses import (
     completion_response,
 )
 from .streaming import SHUTTING_DOWN, stream_result
+from .tasks import TASKS
 from .types import Prompt
 
 T = TypeVar("T")
@@ -311,8 +312,6 @@ async def draw_problem(
     request: Request, seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None
 ) -> ProblemCard:
     """A fresh problem of the served world (``seed``: the same problem every time)."""
-    from verifier_training.tasks import TASKS
-
     unknown = sorted(set(request.query_params) - {"seed"})
     if unknown:
         raise InvalidRequestError(f"unknown query parameter {unknown[0]!r}", param=unknown[0])

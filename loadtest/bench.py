@@ -210,7 +210,7 @@ def _stock_spec(args: Any) -> dict:
 async def measure(args: argparse.Namespace, out: Path) -> dict:
     n = args.best_of
     model = args.model or _embedded_policy()
-    from verifier_training.tasks import policy_task
+    from bon_server.tasks import policy_task
 
     world = policy_task(model)  # prompts of the policy's own world
 

@@ -39,21 +39,21 @@ class Item:
         return str(users[-1].get("content", "")) if users else ""
 
     def problem(self) -> Any:
-        from verifier_training.tasks import get_task
+        from bon_server.tasks import get_task
 
         return get_task(self.task).parse(self.question) if self.task else None
 
     def is_right(self, text: str) -> bool:
         if self.task is None:
             return extract_answer(text) == normalize_answer(self.answer)
-        from verifier_training.tasks import get_task
+        from bon_server.tasks import get_task
 
         return get_task(self.task).check(self.problem(), text)
 
 
 def world_items(task: str, count: int, seed: int) -> list[Item]:
     """``count`` fresh problems of a world (``tasks.TASKS``), from their seeded stream."""
-    from verifier_training.tasks import get_task
+    from bon_server.tasks import get_task
 
     return [
         Item(str(p.answer), messages=({"role": "user", "content": p.question},), task=task)
@@ -109,7 +109,7 @@ def read_jsonl(path: Path) -> list[Item]:
 
 
 def _tasks() -> list[str]:
-    from verifier_training.tasks import TASKS
+    from bon_server.tasks import TASKS
 
     return list(TASKS)
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from verifier_training.tasks.arith import (
+from bon_server.tasks.arith import (
     Problem,
     check_answer,
     parse_question,

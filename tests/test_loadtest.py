@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bon_server.tasks.arith import parse_question
 from loadtest.cli import main as loadtest_main
 from loadtest.client import Endpoint, RequestSpec, parse_compare, send
 from loadtest.datasets import Item, load_dataset
@@ -24,7 +25,6 @@ from loadtest.stats import (
     summarize_ms,
     wilson_interval,
 )
-from verifier_training.tasks.arith import parse_question
 
 STATS = ("mean", "median", "std", "p99")
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -154,7 +154,7 @@ def test_arith_dataset_is_seeded_chat_with_right_answers():
 
 @pytest.mark.parametrize("world", ["countdown", "paths"])
 def test_world_datasets_are_graded_by_their_checker(world, tmp_path: Path):
-    from verifier_training.tasks import get_task
+    from bon_server.tasks import get_task
 
     task = get_task(world)
     items = load_dataset(world, 10, seed=3)
@@ -187,7 +187,7 @@ def test_grading_uses_the_item_world_for_every_candidate():
 
 
 def get_reference(item):
-    from verifier_training.tasks import get_task
+    from bon_server.tasks import get_task
 
     task = get_task(item.task)
     return task.reference(item.problem())

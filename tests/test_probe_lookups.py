@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from bon_server.tasks.paths import Problem
 from verifier_training import probe_lookups, sft
-from verifier_training.tasks.paths import Problem
 from verifier_training.tokenizer import build_tokenizer
 
 # start 12; arms 12>3>57 and 12>8>41; target 57

@@ -11,7 +11,7 @@ import pytest
 from conftest import LONG_REQUEST, MODEL, Q, assert_aborted, chat, rendered, wait_for
 
 from bon_server.answers import extract_answer
-from verifier_training.tasks.arith import sample_problems
+from bon_server.tasks.arith import sample_problems
 
 pytestmark = pytest.mark.engine
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from bon_server.tasks import get_task
+from bon_server.tasks.arith import parse_question, reference_solution
+from bon_server.tasks.base import EVAL_SEED
 from verifier_training import sft
-from verifier_training.tasks import get_task
-from verifier_training.tasks.arith import parse_question, reference_solution
-from verifier_training.tasks.base import EVAL_SEED
 from verifier_training.tokenizer import END, build_tokenizer
 
 

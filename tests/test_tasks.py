@@ -5,16 +5,16 @@ from collections import Counter
 
 import pytest
 
-from verifier_training.tasks import TASKS, get_task, task_for_question
-from verifier_training.tasks.base import completion_steps
-from verifier_training.tasks.countdown import (
+from bon_server.tasks import TASKS, get_task, task_for_question
+from bon_server.tasks.base import completion_steps
+from bon_server.tasks.countdown import (
     MAX_DEPTH,
     ExpressionError,
     parse_expression,
     solvable,
 )
-from verifier_training.tasks.countdown import Problem as CD
-from verifier_training.tasks.paths import Problem as Paths
+from bon_server.tasks.countdown import Problem as CD
+from bon_server.tasks.paths import Problem as Paths
 
 # ------------------------------------------------------------------ the interface, every world
 

@@ -16,7 +16,7 @@ from asgi_app import KEY, app_with, chat_body, openai_error, running, scenario
 from bon_server.config import EMBEDDED_DIR, Settings
 from bon_server.generators.fake import ScriptedGenerator, ScriptedPRM
 from bon_server.scorers.steps import split_steps
-from verifier_training.tasks import TASKS, task_for_question
+from bon_server.tasks import TASKS, task_for_question
 
 
 def get(app, *paths, headers=None):
@@ -87,7 +87,13 @@ def test_the_world_comes_from_the_policy_else_a_clear_404(tmp_path: Path):
     assert Settings(model=str(tmp_path)).served_world is None  # not one of ours
     err = openai_error(get(app_with(model=str(tmp_path)), "/v1/bon/problem")[0], 404)
     assert "--world" in err["message"] and err["code"] == "not_found"
-    err = openai_error(get(app_with(world="chess"), "/v1/bon/problem")[0], 404)
+    with pytest.raises(ValueError, match="unknown task 'chess'; valid tasks: arith"):
+        Settings(world="chess")
+    # a policy of ours whose world this server does not know (a newer one): a 404 naming it
+    (tmp_path / "training_config.json").write_text(
+        json.dumps({"command": "python -m verifier_training sft", "data": {"task": "chess"}})
+    )
+    err = openai_error(get(app_with(model=str(tmp_path)), "/v1/bon/problem")[0], 404)
     assert "'chess'" in err["message"] and "countdown" in err["message"]
 
 

@@ -27,7 +27,7 @@ from conftest import PRM_AGGREGATION
 from playwright.sync_api import expect
 
 from bon_server.generators.fake import ScriptedGenerator, ScriptedPRM
-from verifier_training.tasks import task_for_question
+from bon_server.tasks import task_for_question
 
 CHROMIUM = Path("/usr/bin/chromium")
 # as root, with this machine's closed network: no sandbox, no background connections

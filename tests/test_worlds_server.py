@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import ROOT, ServerProcess, started
 
-from verifier_training.tasks import TASKS, get_task, policy_task
+from bon_server.tasks import TASKS, get_task, policy_task
 
 EMBEDDED = ROOT / "bon_server" / "embedded"
 WORLDS = sorted(

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from bon_server.scorers.steps import split_steps
 from bon_server.selectors import majority, verifier, weighted_majority
+from bon_server.tasks import get_task
 from verifier_training.evaluate import (
     best_of_n,
     gap_closed,
@@ -46,7 +47,6 @@ from verifier_training.evaluate import (
     table,
 )
 from verifier_training.records import SampleRecord, read_samples, write_json
-from verifier_training.tasks import get_task
 from verifier_training.train_orm import DEFAULT_POLICY, pad
 
 

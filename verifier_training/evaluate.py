@@ -86,7 +86,7 @@ def right_answer_wrong_steps(
     """Correct candidates with a step the task's step checker refuses, and the mean ORM and
     PRM scores of those against correct candidates whose every step passes."""
     from bon_server.scorers.steps import split_steps
-    from verifier_training.tasks import get_task
+    from bon_server.tasks import get_task
 
     groups: dict[bool, list[Scored]] = {True: [], False: []}
     for r, s in zip(records, scored, strict=True):

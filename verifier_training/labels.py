@@ -50,6 +50,7 @@ from typing import Any
 from tqdm import tqdm
 
 from bon_server.scorers.steps import split_steps
+from bon_server.tasks import check_question, get_task
 from bon_server.types import Prompt, SamplingParams
 from verifier_training.records import (
     LABELLERS,
@@ -59,7 +60,6 @@ from verifier_training.records import (
     read_samples,
     write_jsonl,
 )
-from verifier_training.tasks import check_question, get_task
 
 # (question, reference, prefix text) -> number of M rollouts that reach the reference
 Rollout = Callable[[str, str, str], Awaitable[int]]

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 
 from bon_server.answers import extract_answer
-from verifier_training.tasks import TASKS, get_task, policy_task
+from bon_server.tasks import TASKS, get_task, policy_task
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -28,9 +28,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from verifier_training.tasks import get_task
-from verifier_training.tasks.base import EVAL_SEED, answer_line, completion_steps
-from verifier_training.tasks.paths import parse_edge, parse_path
+from bon_server.tasks import get_task
+from bon_server.tasks.base import EVAL_SEED, answer_line, completion_steps
+from bon_server.tasks.paths import parse_edge, parse_path
 from verifier_training.tokenizer import is_label_token
 
 

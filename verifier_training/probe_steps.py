@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from bon_server.scorers.steps import split_steps
+from bon_server.tasks.arith import OPS, parse_step, step_arithmetic_ok
 from verifier_training.evaluate import roc_auc
 from verifier_training.records import read_samples, write_json
-from verifier_training.tasks.arith import OPS, parse_step, step_arithmetic_ok
 from verifier_training.train_orm import DEFAULT_POLICY, load_tokenizer, pad
 from verifier_training.train_prm import FMT, add_step_token
 

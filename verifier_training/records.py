@@ -53,7 +53,7 @@ class SampleRecord:
 
     def problem(self):  # type: ignore[no-untyped-def]
         """The task's problem, recovered from the question (every world's prompt holds it)."""
-        from verifier_training.tasks import get_task
+        from bon_server.tasks import get_task
 
         return get_task(self.task).parse(self.question)
 

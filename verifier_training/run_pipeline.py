@@ -34,10 +34,10 @@ import time
 from typing import Any
 
 from bon_server.config import SERVING_FILE
+from bon_server.tasks import TASKS, get_task, policy_task
+from bon_server.tasks.base import EVAL_SEED
 from verifier_training import evaluate, export, labels, sampling, train_orm, train_prm
 from verifier_training.records import read_samples, write_json, write_jsonl
-from verifier_training.tasks import TASKS, get_task, policy_task
-from verifier_training.tasks.base import EVAL_SEED
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

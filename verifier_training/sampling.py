@@ -30,10 +30,10 @@ from typing import Any
 from tqdm import tqdm
 
 from bon_server.answers import extract_answer
+from bon_server.tasks import TASKS, Task, get_task, policy_task
+from bon_server.tasks.base import EVAL_SEED, held_out_questions, training_problems
 from bon_server.types import SamplingParams
 from verifier_training.records import SampleRecord, question_prompt, write_jsonl
-from verifier_training.tasks import TASKS, Task, get_task, policy_task
-from verifier_training.tasks.base import EVAL_SEED, held_out_questions, training_problems
 
 TRAIN_SEED = 101
 SEED_STRIDE = 100_003

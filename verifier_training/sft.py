@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from verifier_training.tasks import TASKS, get_task  # noqa: E402
-from verifier_training.tasks.base import (  # noqa: E402
+from bon_server.tasks import TASKS, get_task  # noqa: E402
+from bon_server.tasks.base import (  # noqa: E402
     EVAL_SEED,
     HELD_OUT,
     Stream,

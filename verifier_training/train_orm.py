@@ -171,7 +171,7 @@ def hard_negatives(records: Sequence[SampleRecord], rate: float,
     average (the task's ``corrupt``; worlds without one add none)."""
     from dataclasses import replace
 
-    from verifier_training.tasks import get_task
+    from bon_server.tasks import get_task
 
     out = []
     for r in records:

@@ -11,7 +11,15 @@ from typing import Any
 
 from .base import Task
 
-__all__ = ["TASKS", "Task", "check_question", "get_task", "policy_task", "task_for_question"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "check_question",
+    "get_task",
+    "policy_task",
+    "policy_world",
+    "task_for_question",
+]
 
 
 def _registry() -> dict[str, Task]:
@@ -40,16 +48,27 @@ def task_for_question(question: str) -> Task | None:
     return None
 
 
-def policy_task(policy: str) -> str:
-    """The world a policy was trained on (its ``training_config.json``), else ``arith``."""
+def policy_world(policy: str) -> str | None:
+    """The world a policy directory was trained on by ``verifier_training sft`` (its
+    ``training_config.json``), or None for a model that is not one of ours."""
     import json
     from pathlib import Path
 
     try:
         record = json.loads((Path(policy) / "training_config.json").read_text())
     except (OSError, ValueError):
-        return "arith"
-    return (record.get("data") or {}).get("task", "arith")
+        return None
+    if not isinstance(record, dict) or "verifier_training" not in str(record.get("command")):
+        return None
+    data = record.get("data")
+    # ``sft --task`` defaults to arith; the first policies' configs predate the field
+    task = data.get("task", "arith") if isinstance(data, dict) else "arith"
+    return task if isinstance(task, str) else None
+
+
+def policy_task(policy: str) -> str:
+    """The world a policy was trained on, else ``arith`` (the tools' default world)."""
+    return policy_world(policy) or "arith"
 
 
 def check_question(question: str, completion: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from bon_server.answers import final_line
+from ..answers import final_line
 
 # The held-out stream: evaluation problems are drawn from this seed, and the first
 # HELD_OUT of them are kept out of every training stream by prompt.

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bon_server.answers import extract_answer, normalize_answer
+from ..answers import extract_answer, normalize_answer
 
 OPS: tuple[str, ...] = ("+", "-", "*")
 MIN_OPERANDS, MAX_OPERANDS = 2, 4
