@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run every cell with adaptive=true (best_of as the cap), as the endpoint "
         "NAME+adaptive beside NAME: fixed N and adaptive side by side",
     )
+    run.add_argument(
+        "--prune",
+        action="store_true",
+        help="also run every cell with prune=true (the server needs a verifier), as NAME+prune",
+    )
     run.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request")
     run.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     run.add_argument(
@@ -141,12 +146,13 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     endpoints = [Endpoint(e.name, e.base_url, e.kind, args.model, e.api_key) for e in endpoints]
-    if args.adaptive:  # the same server under the same load, its candidates drawn in waves
-        main = endpoints[0]
-        endpoints.insert(1, Endpoint(
-            f"{main.name}+adaptive", main.base_url, "bon", main.model, main.api_key,
-            (("adaptive", True),),
-        ))
+    main = endpoints[0]
+    for flag, field in ((args.prune, "prune"), (args.adaptive, "adaptive")):
+        if flag:  # the same server under the same load, drawing its candidates another way
+            endpoints.insert(1, Endpoint(
+                f"{main.name}+{field}", main.base_url, "bon", main.model, main.api_key,
+                ((field, True),),
+            ))
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise SystemExit(f"endpoint names must differ, got {names}")

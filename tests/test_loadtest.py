@@ -596,3 +596,25 @@ def test_adaptive_runs_beside_fixed_n_under_the_same_load(tmp_path: Path):
     assert per_request["bon+adaptive"] * 4 == per_request["bon"]
     delta = cells[("bon+adaptive", 16, 2)]["server_metrics"]["delta"]
     assert metric_sum(delta, "bon_candidates_not_drawn_total") == 4 * 12
+
+
+def test_prune_runs_beside_fixed_n(tmp_path: Path):
+    from asgi_app import app_with, served
+
+    from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
+
+    text = "1 + 1 = 2\n2 + 2 = 4\nThe answer is 4."
+    app = app_with(ScriptedGenerator([text], delay_s=0.002), ConstantScorer((0.1, 0.9)))
+    with served(app) as port:
+        code = loadtest_main([
+            "run", "--base-url", f"http://127.0.0.1:{port}", "--prune", "--best-of", "8",
+            "--concurrency", "1", "--requests", "3", "--out", str(tmp_path), "--no-progress",
+            "--no-plots",
+        ])
+    assert code == 0
+    cells = _cells(tmp_path)
+    assert set(cells) == {("bon", 8, 1), ("bon+prune", 8, 1)}
+    delta = cells[("bon+prune", 8, 1)]["server_metrics"]["delta"]
+    assert metric_sum(delta, "bon_candidates_pruned_total") == 3 * 4
+    pruned = cells[("bon+prune", 8, 1)]["bon"]["completion_tokens_per_request"]
+    assert pruned < cells[("bon", 8, 1)]["bon"]["completion_tokens_per_request"] == 8 * len(text)
