@@ -2,7 +2,7 @@
 # The README's adaptive table: adaptive at cap 16 against fixed best_of=16, per world, through
 # the running server (the embedded policies, majority). Writes runs/adaptive/v2-<world>/.
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 for world in arith countdown; do
   port=8011
   model=bon_server/embedded/${world}-policy
