@@ -13,6 +13,7 @@ of a ``with``), and the chat helpers ``MODEL``, ``Q``, ``chat`` and ``rendered``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -83,6 +84,20 @@ def assert_aborted(
         assert time.monotonic() < deadline, f"the engine keeps generating: {last:g} -> {now:g}"
         last = now
     assert now - before < budget, f"{now - before:g} tokens generated: the request ran to its end"
+
+
+def send_long_chat(port: int, **extra: Any) -> socket.socket:
+    """A ``LONG_REQUEST`` chat sent over a raw socket (so the test can hang up mid-request);
+    the caller closes the returned socket."""
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST, **extra}
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+    return sock
 
 
 def free_port() -> int:

@@ -4,14 +4,12 @@ everything and starts no further wave)."""
 
 from __future__ import annotations
 
-import json
 import math
-import socket
 
 import httpx
 import pytest
 from asgi_app import app_with, chat_body, openai_error, running, sample, scenario
-from conftest import LONG_REQUEST, MODEL, Q, assert_aborted, wait_for
+from conftest import LONG_REQUEST, Q, assert_aborted, send_long_chat, wait_for
 
 from bon_server.config import Settings
 from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
@@ -219,16 +217,8 @@ WAVE = 32  # 32 x 460 tokens with ignore_eos: seconds of engine work, far past t
 
 @engine
 def test_a_disconnect_mid_wave_aborts_it_and_draws_no_more(server):
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
-         "adaptive": True, "adaptive_wave": WAVE, "adaptive_min": WAVE}
-    ).encode()
     tokens = server.metric("vllm:generation_tokens_total")
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    )
+    sock = send_long_chat(server.port, adaptive=True, adaptive_wave=WAVE, adaptive_min=WAVE)
     try:
         assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == WAVE)
         assert wait_for(lambda: server.metric("vllm:generation_tokens_total") > tokens)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 import openai
 import pytest
-from conftest import LONG_REQUEST, MODEL, Q, assert_aborted, chat, rendered, wait_for
+from conftest import (
+    MODEL,
+    Q,
+    assert_aborted,
+    chat,
+    rendered,
+    send_long_chat,
+    wait_for,
+)
 
 from bon_server.answers import extract_answer
 from bon_server.tasks.arith import sample_problems
@@ -360,17 +367,9 @@ def test_metrics_count_all_candidates(server, client):
 def test_disconnect_aborts_every_candidate(server, stream):
     """A client that goes away mid-generation: the engine drops all of its candidates at once
     and stops generating for them, long before the request could have ended by itself."""
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
-         "stream": stream}
-    ).encode()
     disconnects = server.metric("bon_client_disconnects_total")
     tokens = server.metric("vllm:generation_tokens_total")
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    )
+    sock = send_long_chat(server.port, stream=stream)
     try:
         assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 64)
         assert wait_for(lambda: server.metric("vllm:generation_tokens_total") > tokens)

@@ -29,13 +29,13 @@ import openai
 import pytest
 from asgi_app import openai_error
 from conftest import (
-    LONG_REQUEST,
     MODEL,
     Q,
     ServerProcess,
     assert_aborted,
     chat,
     rendered,
+    send_long_chat,
     started,
     wait_for,
 )
@@ -1038,15 +1038,8 @@ def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
     """A client that leaves: the upstream vLLM server (its own metrics, not the proxy's
     bookkeeping) drops every candidate and stops generating, long before the end."""
     policy = upstreams["policy"]
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST}
-    ).encode()
     tokens = policy.metric("vllm:generation_tokens_total")
-    sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: "
-        b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    )
+    sock = send_long_chat(proxy.port)
     try:
         assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 64)
         assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 64)
