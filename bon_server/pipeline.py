@@ -208,7 +208,7 @@ class BestOfN:
         verifier_scores: list[float] | None = [] if spec.needs_verifier else None
         step_scores: list[list[float]] | None = None
         wave_of: list[int] = []
-        prompt_tokens = plan.request.prompt_tokens
+        prompt_tokens = 0  # as the generator counts it (an upstream reports its own)
         generate_s = score_s = 0.0
         sizes = [plan.best_of] if plan.adaptive is None else wave_sizes(
             plan.best_of, plan.adaptive, plan.choices
@@ -219,6 +219,8 @@ class BestOfN:
             request = plan.request if plan.adaptive is None else self._wave(plan, wave, size)
             generation = await self.generator.generate(request)
             t1 = time.perf_counter()
+            if wave == 0:  # the prompt counts once, however many waves read it
+                prompt_tokens = generation.prompt_tokens
             drawn = generation.candidates
             if plan.drop_logprobs:
                 drawn = tuple(dataclasses.replace(c, logprobs=None) for c in drawn)

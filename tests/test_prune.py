@@ -145,7 +145,8 @@ def test_pruning_on_the_engine_stops_exactly_the_pruned(server):
         future = pool.submit(
             httpx.post, f"{server.base_url}/v1/chat/completions", json=body, timeout=300
         )
-        assert wait_for(lambda: server.metric("bon_engine_unfinished_requests") == 16)
+        # all sixteen run only until the first step (a moment a loaded machine's scrapes can
+        # miss); the eight survivors then run for seconds
         assert wait_for(lambda: seen.append(server.metric("bon_engine_unfinished_requests"))
                         or seen[-1] == 8)
         r = future.result()
@@ -154,7 +155,7 @@ def test_pruning_on_the_engine_stops_exactly_the_pruned(server):
     search, cands = out["bon"]["search"], out["bon"]["candidates"]
     assert search["candidates_pruned"] == 8 and search["candidates_finished"] == 8
     pruned = [c for c in cands if c["state"] == "pruned"]
-    assert all(c["completion_tokens"] < 460 for c in pruned)
+    assert all(0 < c["completion_tokens"] < 460 for c in pruned)  # started, then stopped
     assert all(c["completion_tokens"] == 460 for c in cands if c["state"] == "finished")
     assert out["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
     generated = server.metric("vllm:generation_tokens_total") - tokens
