@@ -1116,6 +1116,8 @@ def test_adaptive_waves_are_separate_upstream_requests():
         assert [b["n"] for b in posts] == [4] * waves
         assert len({b["seed"] for b in posts}) == waves  # every wave its own seed
         assert r.json()["bon"]["search"]["waves"] == waves
+        # the prompt as the upstream counted it, once however many waves read it
+        assert r.json()["usage"]["prompt_tokens"] == 7
         assert r.json()["usage"]["completion_tokens"] == waves * sum(
             4 if i % 2 == 0 else 3 for i in range(4)
         )
