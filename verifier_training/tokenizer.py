@@ -23,6 +23,8 @@ first edges greedily).
 
 from __future__ import annotations
 
+import re
+
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -47,21 +49,38 @@ MODEL_MAX_LENGTH = 512
 
 NUMBERS: tuple[str, ...] = tuple(str(n) for n in range(10, 1000))
 ARROWS: tuple[str, ...] = tuple(f"{n}>" for n in range(0, 1000))
+# edges=True: every edge between graph-paths labels 1..99 is one token, twice: ``12>3`` (as the
+# prompt lists it) and ``12>3\n`` (a solution step with its newline).
+EDGE_LABELS = range(1, 100)
+EDGES: tuple[str, ...] = tuple(f"{a}>{b}" for a in EDGE_LABELS for b in EDGE_LABELS)
+STEP_EDGES: tuple[str, ...] = tuple(f"{e}\n" for e in EDGES)
+_EDGE = re.compile(r"^([1-9]\d?)>([1-9]\d?)(\n?)$")
+
+
+def edge_token(token: str) -> tuple[int, int, bool] | None:
+    """An edge token (``12>3`` or ``12>3\n``) as (source, target, is a step); None otherwise."""
+    m = _EDGE.match(token)
+    return None if m is None else (int(m[1]), int(m[2]), bool(m[3]))
 
 
 def is_label_token(token: str) -> bool:
     """A number, or (arrows) a number with its ``>``: the tokens lookups and copies produce."""
-    return token.rstrip(">").isdigit()
+    return token.rstrip(">").isdigit() or edge_token(token) is not None
 
 
 def build_tokenizer(
-    model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False, arrows: bool = False
+    model_max_length: int = MODEL_MAX_LENGTH, numbers: bool = False, arrows: bool = False,
+    edges: bool = False,
 ) -> PreTrainedTokenizerFast:
     """A fresh tokenizer with the special tokens and the chat template: one token per
     character; with ``numbers`` one per number 10..999 as well; with ``arrows`` (which
-    implies ``numbers``) one per number followed by ``>``."""
+    implies ``numbers``) one per number followed by ``>``; with ``edges`` (which implies
+    ``arrows``) one per edge ``a>b`` between labels 1..99 and one per step line ``a>b\n``
+    (greedy, left to right: ``The answer is 12>3>57.`` is ``12>3`` ``>`` ``57``)."""
+    arrows = arrows or edges
     numbers = numbers or arrows
     words = SPECIAL_TOKENS + CHARACTERS + (NUMBERS if numbers else ()) + (ARROWS if arrows else ())
+    words += (EDGES + STEP_EDGES) if edges else ()
     vocab = {tok: i for i, tok in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # Every character, newlines included, is its own pre-token (and so is a number, and a
@@ -71,6 +90,8 @@ def build_tokenizer(
         pattern = r"[1-9]\d{1,2}|" + pattern
     if arrows:
         pattern = r"(?:[1-9]\d{0,2}|0)>|" + pattern
+    if edges:
+        pattern = r"[1-9]\d?>[1-9]\d?(?!\d)\n?|" + pattern
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()  # concatenate: no spaces between characters
     tokenizer = PreTrainedTokenizerFast(

@@ -1,0 +1,127 @@
+"""The graph-paths recipe options of ``sft``: the ``edges`` tokenizer (one token per edge, one per
+step line), its composed embeddings (``--edge-scale``), the built lookup layer
+(``--edge-lookup-head``), ``--mimetic-layers``, and the loss on labelled positions only."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from bon_server.tasks import get_task
+from bon_server.tasks.base import Stream
+from verifier_training import sft
+from verifier_training.tokenizer import build_tokenizer, edge_token, is_label_token
+
+
+def test_edges_tokenizer_splits_prompt_and_steps():
+    tok = build_tokenizer(edges=True)
+    assert len(tok) == 7 + 97 + 990 + 1000 + 2 * 99 * 99
+    prompt = "Find a path from 12 to 57. Edges: 12>3, 3>57, 12>8, 8>41."
+    tokens = tok.convert_ids_to_tokens(tok.encode(prompt, add_special_tokens=False))
+    assert tokens[-11:] == ["12>3", ",", " ", "3>57", ",", " ", "12>8", ",", " ", "8>41", "."]
+    assert "12" in tokens and "57" in tokens  # start and target stay number tokens
+    answer = "12>3\n3>57\nThe answer is 12>3>57."
+    tokens = tok.convert_ids_to_tokens(tok.encode(answer, add_special_tokens=False))
+    assert tokens[:2] == ["12>3\n", "3>57\n"]
+    assert tokens[-4:] == ["12>3", ">", "57", "."]
+    # lossless on anything, edges or not
+    for text in ["1>2>3>4", "12>345 5>5\n 100>3 3>100", "0>1\n99>99", prompt + answer]:
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert edge_token("12>3\n") == (12, 3, True) and edge_token("12>3") == (12, 3, False)
+    assert edge_token("12>") is None and edge_token("123>4") is None
+    assert is_label_token("12>3\n") and is_label_token("57>") and not is_label_token(">")
+
+
+def tiny_model(tok) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).float()
+
+
+def test_edge_embeddings_are_composed_from_their_labels():
+    torch.manual_seed(0)
+    tok = build_tokenizer(edges=True)
+    model = tiny_model(tok)
+    before = model.get_input_embeddings().weight.detach().clone()
+    done = sft.compose_edge_embeddings(model, tok, seed=3, scale=5.0)
+    assert done == 2 * 99 * 99
+    after = model.get_input_embeddings().weight
+    vocab = tok.get_vocab()
+    assert torch.equal(after[vocab["57"]], before[vocab["57"]])  # labels untouched
+    a, b, n = before[vocab["12"]], before[vocab["3"]], before[vocab["\n"]]
+    # the same rotation R maps the target in both forms; the step adds the newline
+    plain = after[vocab["12>3"]] * math.sqrt(2) / 5 - a
+    step = after[vocab["12>3\n"]] * math.sqrt(3) / 5 - a - n
+    assert torch.allclose(plain, step, atol=1e-5)
+    assert torch.allclose(plain.norm(), b.norm(), rtol=1e-4)  # R is a rotation
+    assert model.lm_head.weight.data_ptr() == after.data_ptr()  # still tied
+
+
+def test_answer_loss_equals_the_models_loss():
+    torch.manual_seed(0)
+    tok = build_tokenizer(edges=True)
+    args = sft.parse_args(["--out", "unused"])
+    stream = Stream(get_task("paths"), random.Random(0), set())
+    ids, labels, positions = sft.pack([sft.make_example(stream, tok, args) for _ in range(6)],
+                                      128, tok.pad_token_id)
+    model = tiny_model(tok)
+    full = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
+    fast = sft.answer_loss(model, ids, labels, positions)
+    assert torch.allclose(full, fast, atol=1e-5)
+
+
+def test_sft_edges_smoke(tmp_path):
+    out = tmp_path / "policy"
+    flags = ["--task", "paths", "--tokenizer", "edges", "--edge-scale", "5", "--mimetic-init",
+             "--mimetic-layers", "1", "--edge-lookup-head",
+             "--steps", "2", "--batch-size", "4", "--hidden-size", "32", "--layers", "1",
+             "--heads", "2", "--intermediate-size", "64", "--warmup-steps", "1", "--threads", "1",
+             "--no-progress", "--eval-every", "1"]
+    assert sft.main(["--out", str(out), *flags]) == 0
+    record = json.loads((out / "training_config.json").read_text())
+    assert record["model"]["tokenizer"] == "edges"
+    assert record["model"]["vocab_size"] == 7 + 97 + 990 + 1000 + 2 * 99 * 99
+    assert record["flags"]["edge_scale"] == 5.0 and record["flags"]["edge_lookup_head"]
+    assert record["flags"]["mimetic_layers"] == 1
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_ids_to_tokens(tok.encode("12>3\n", add_special_tokens=False)) == ["12>3\n"]
+    # continuing from it keeps the edges tokenizer
+    again = tmp_path / "again"
+    assert sft.main(["--out", str(again), "--init", str(out), "--task", "paths", "--steps", "1",
+                     "--batch-size", "2", "--threads", "1", "--no-progress"]) == 0
+    assert json.loads((again / "training_config.json").read_text())["model"]["tokenizer"] == "edges"
+
+
+def test_edge_lookup_head_matches_target_to_source():
+    torch.manual_seed(0)
+    tok = build_tokenizer(edges=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).float()
+    sft.mimetic_attention_init(model, layers=1)
+    layers = model.model.layers
+    assert torch.equal(layers[0].self_attn.q_proj.weight, layers[0].self_attn.k_proj.weight)
+    assert not torch.equal(layers[1].self_attn.q_proj.weight, layers[1].self_attn.k_proj.weight)
+    sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0)
+    gap = sft.edge_lookup_head_init(model, tok, seed=0)
+    assert gap > 0
+    attn, dim = layers[0].self_attn, layers[0].self_attn.head_dim
+    fast = [i for i in range(dim) if i % (dim // 2) < dim // 4]  # fast RoPE pairs stay empty
+    assert attn.q_proj.weight[fast].abs().max() == 0 == attn.k_proj.weight[fast].abs().max()
+    # without RoPE: the step 12>3\n scores the listed 3>57 above the listed 8>41 and 57>3
+    vocab, table = tok.get_vocab(), model.get_input_embeddings().weight.detach()
+    norm = layers[0].input_layernorm
+
+    def score(query: str, key: str) -> float:
+        q = attn.q_proj.weight @ norm(table[vocab[query]][None])[0]
+        k = attn.k_proj.weight @ norm(table[vocab[key]][None])[0]
+        return (q[:dim] @ k[:dim]).item()
+
+    right = score("12>3\n", "3>57")
+    assert right > score("12>3\n", "8>41") and right > score("12>3\n", "57>3")
