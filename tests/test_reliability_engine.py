@@ -165,7 +165,11 @@ def test_sigterm_finishes_short_work_and_aborts_long_work(tmp_path):
             )
             assert wait_for(lambda: proc.metric("bon_requests_in_flight") == 3)
             short = threading.Thread(
-                target=post, args=("short",), kwargs={"best_of": 4, "max_tokens": 24}
+                # 40 tokens whatever it writes (about 0.7 s beside the long work here): still
+                # running at the signal (24 without ignore_eos once ended first, in CI), and
+                # done within the grace
+                target=post, args=("short",),
+                kwargs={"best_of": 4, "max_tokens": 40, "ignore_eos": True},
             )
             short.start()
             assert wait_for(lambda: proc.metric("bon_engine_unfinished_requests") == 100)
