@@ -259,6 +259,8 @@ class Settings(BaseSettings):
             raise ValueError("prune needs --verifier: it ranks the partial candidates")
         if self.prune and self.adaptive:
             raise ValueError("choose one of --adaptive and --prune")
+        if self.prune and self.upstream is not None:
+            raise ValueError("--prune needs the in-process engine (not --upstream) for now")
         if self.default_selector is not None:
             from .selectors import SELECTORS, check_selector
 
