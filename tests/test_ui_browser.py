@@ -77,6 +77,16 @@ def shown(page, selector: str) -> list[str]:
 
 # ------------------------------------------------------------- the real server, with a PRM
 
+# the ends of the tint scale as the browser computes them (scores 0 and 1)
+RED_GREEN = """() => [0, 120].map(hue => {
+    const probe = document.createElement("div");
+    probe.style.backgroundColor = `hsl(${hue}, 75%, 85%)`;
+    document.body.append(probe);
+    const colour = getComputedStyle(probe).backgroundColor;
+    probe.remove();
+    return colour;
+})"""
+
 
 @pytest.mark.engine
 def test_the_page_shows_every_candidate_its_scores_steps_and_votes(page, prm_server):
@@ -108,18 +118,25 @@ def test_the_page_shows_every_candidate_its_scores_steps_and_votes(page, prm_ser
     rule = page.inner_text("#rule")
     assert f"candidate #{bon['chosen'][0]}" in rule and f"aggregated by {PRM_AGGREGATION}" in rule
 
-    # every step tinted by its own score: as many tinted rows as scored steps, colours differ
+    # every step tinted by its own score: red 0, yellow 0.5, green 1 (hue 120 x score)
     scored = [s["score"] for c in cands for s in c["steps"] if s["score"] is not None]
     rows = page.query_selector_all(".step[data-score]")
     assert len(rows) == len(scored) >= 6
     colours = [r.evaluate("e => getComputedStyle(e).backgroundColor") for r in rows]
-    assert len(set(colours)) > 1
-    low, high = min(range(len(scored)), key=scored.__getitem__), max(
-        range(len(scored)), key=scored.__getitem__
+    expected = page.evaluate(
+        """scores => scores.map(s => {
+            const probe = document.createElement("div");
+            probe.style.backgroundColor = `hsl(${Math.round(120 * s)}, 75%, 85%)`;
+            document.body.append(probe);
+            const colour = getComputedStyle(probe).backgroundColor;
+            probe.remove();
+            return colour;
+        })""",
+        scored,
     )
-    red = lambda c: int(re.findall(r"\d+", c)[0])  # noqa: E731 - hue 0 is red, 120 green
-    green = lambda c: int(re.findall(r"\d+", c)[1])  # noqa: E731
-    assert red(colours[low]) >= red(colours[high]) and green(colours[high]) >= green(colours[low])
+    assert colours == expected
+    red, green = (list(map(int, re.findall(r"\d+", c))) for c in page.evaluate(RED_GREEN))
+    assert red[0] > red[1] and green[1] > green[0]  # the scale's ends: 0 red, 1 green
 
     # the vote chart: one bar per distinct answer, counts as in the response
     votes = Counter(c["answer"] or "(no answer)" for c in cands)
