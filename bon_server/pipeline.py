@@ -26,6 +26,12 @@ from .search.prune import Scores
 from .selectors import SELECTORS, SelectorInput, check_selector
 from .types import BestOfNResult, Candidate, Prompt, SamplingParams, Search
 
+
+def _given(options: dict[str, float | int | None]) -> dict[str, float | int]:
+    """The overrides a request named (None: not given, the server's default stands)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 WAVE_SEED_STRIDE = 1_000_003  # wave w of a seeded request samples with seed + w * this
 
 
@@ -172,8 +178,7 @@ class BestOfN:
                 "prune needs a backend that follows candidates one by one; this one does not",
                 param="prune",
             )
-        given = {k: v for k, v in options.items() if v is not None}
-        return dataclasses.replace(self.policy.prune_params, **given)
+        return dataclasses.replace(self.policy.prune_params, **_given(options))
 
     def _adaptive(
         self,
@@ -182,7 +187,6 @@ class BestOfN:
         asked: bool | None,
         options: dict[str, float | int | None],
     ) -> Adaptive | None:
-        given = {k: v for k, v in options.items() if v is not None}
         if asked is False or (asked is None and not self.policy.adaptive):
             return None
         if selector not in ADAPTIVE_SELECTORS:
@@ -193,10 +197,9 @@ class BestOfN:
                 f"({', '.join(ADAPTIVE_SELECTORS)}); {selector!r} has none",
                 param="adaptive",
             )
-        params = dataclasses.replace(self.policy.adaptive_params, **given)
         if best_of == 1:  # nothing to save
             return None
-        return params
+        return dataclasses.replace(self.policy.adaptive_params, **_given(options))
 
     async def run(self, plan: Plan) -> BestOfNResult:
         if plan.prune is not None:
@@ -244,18 +247,11 @@ class BestOfN:
                 break
 
         selection = spec.fn(SelectorInput(candidates, answers, verifier_scores))
-        m = self.metrics
-        tokens = sum(len(c.token_ids) for c in candidates)
-        m.candidates.labels(plan.selector).inc(len(candidates))
-        m.prompt_tokens.inc(prompt_tokens)
-        m.completion_tokens.inc(tokens)
-        m.generation_duration.observe(generate_s)
-        if spec.needs_verifier:
-            m.scoring_duration.observe(score_s)
+        tokens = self._record(plan, candidates, prompt_tokens, generate_s, score_s)
         skipped = plan.best_of - len(candidates)
         if skipped:
-            m.candidates_not_drawn.inc(skipped)
-            m.tokens_not_generated.inc(skipped * tokens / len(candidates))  # an estimate
+            self.metrics.candidates_not_drawn.inc(skipped)
+            self.metrics.tokens_not_generated.inc(skipped * tokens / len(candidates))  # estimate
         return BestOfNResult(
             candidates=tuple(candidates),
             answers=tuple(answers),
@@ -317,14 +313,9 @@ class BestOfN:
             scores[i] = selection.scores[j]
         order = [kept[j] for j in selection.order] + sorted(drawn.pruned)
 
-        m = self.metrics
-        m.candidates.labels(plan.selector).inc(len(candidates))
-        m.prompt_tokens.inc(plan.request.prompt_tokens)
-        m.completion_tokens.inc(sum(len(c.token_ids) for c in candidates))
-        m.generation_duration.observe(t1 - t0)
-        if spec.needs_verifier:
-            m.scoring_duration.observe(drawn.exposed_score_s)
+        self._record(plan, candidates, plan.request.prompt_tokens, t1 - t0, drawn.exposed_score_s)
         if drawn.pruned:
+            m = self.metrics
             m.candidates_pruned.inc(len(drawn.pruned))
             finished = [len(candidates[i].token_ids) for i in kept]
             mean = sum(finished) / len(finished) if finished else 0.0
@@ -350,6 +341,25 @@ class BestOfN:
                 rounds=drawn.rounds,
             ),
         )
+
+    def _record(
+        self,
+        plan: Plan,
+        candidates: Sequence[Candidate],
+        prompt_tokens: int,
+        generate_s: float,
+        score_s: float,
+    ) -> int:
+        """Every request's metrics, however its candidates were drawn; its completion tokens."""
+        m = self.metrics
+        tokens = sum(len(c.token_ids) for c in candidates)
+        m.candidates.labels(plan.selector).inc(len(candidates))
+        m.prompt_tokens.inc(prompt_tokens)
+        m.completion_tokens.inc(tokens)
+        m.generation_duration.observe(generate_s)
+        if SELECTORS[plan.selector].needs_verifier:
+            m.scoring_duration.observe(score_s)
+        return tokens
 
     def _wave(self, plan: Plan, wave: int, size: int) -> PreparedRequest:
         """Wave ``wave``'s request: ``size`` candidates, and its own seed where the client
