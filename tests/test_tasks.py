@@ -259,3 +259,26 @@ def test_paths_corrupt_makes_whole_wrong_solutions_of_each_kind():
             raise AssertionError(f"not a near miss of a known kind: {bad!r}")
     assert min(made.values()) > 50, made
     assert PATHS.corrupt(p, "no answer here", rng) is None
+
+
+def test_policy_world_reads_sft_records_and_inherits_through_post_training(tmp_path):
+    import json
+
+    from bon_server.tasks import policy_task, policy_world
+
+    def policy(name: str, record: object) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "training_config.json").write_text(json.dumps(record))
+        return str(tmp_path / name)
+
+    sft = {"command": "python -m verifier_training sft", "data": {"task": "countdown"}}
+    assert policy_world(policy("sft", sft)) == "countdown"
+    # rsft/dpo rounds before they recorded their own world: the init's, however deep
+    rsft = {"command": "python -m verifier_training rsft", "init_training_config":
+            {"command": "python -m verifier_training rsft", "init_training_config": sft}}
+    assert policy_world(policy("rsft", rsft)) == "countdown"
+    own = {**rsft, "data": {"task": "paths"}}
+    assert policy_world(policy("own", own)) == "paths"
+    assert policy_world(policy("theirs", {"command": "trainer.py"})) is None
+    assert policy_world(str(tmp_path / "missing")) is None
+    assert policy_task(str(tmp_path / "missing")) == "arith"

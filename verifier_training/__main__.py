@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe-lookups": ("verifier_training.probe_lookups",
                       "has a paths policy learned to follow listed edges? loss per position"),
     "export": ("verifier_training.export", "RSFT, DPO, ORM and PRM data sets from records"),
+    "rsft": ("verifier_training.rsft",
+             "rejection-sampling fine-tuning rounds (TRL SFTTrainer): checker, verifier, controls"),
+    "dpo": ("verifier_training.dpo", "DPO rounds on the policy's own samples (TRL DPOTrainer)"),
+    "distill": ("verifier_training.distill",
+                "a student learns a teacher's solutions, all or those a checker or verifier keeps"),
     "pipeline": ("verifier_training.run_pipeline", "sample -> label -> train ORM/PRM -> evaluate"),
 }
 

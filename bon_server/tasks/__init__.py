@@ -50,7 +50,9 @@ def task_for_question(question: str) -> Task | None:
 
 def policy_world(policy: str) -> str | None:
     """The world a policy directory was trained on by ``verifier_training sft`` (its
-    ``training_config.json``), or None for a model that is not one of ours."""
+    ``training_config.json``), or None for a model that is not one of ours. A policy
+    post-trained from one of ours (``rsft``, ``dpo``, ``distill``) without its own ``data``
+    record has its init's world."""
     import json
     from pathlib import Path
 
@@ -58,6 +60,9 @@ def policy_world(policy: str) -> str | None:
         record = json.loads((Path(policy) / "training_config.json").read_text())
     except (OSError, ValueError):
         return None
+    while (isinstance(record, dict) and "data" not in record
+           and isinstance(record.get("init_training_config"), dict)):
+        record = record["init_training_config"]
     if not isinstance(record, dict) or "verifier_training" not in str(record.get("command")):
         return None
     data = record.get("data")
