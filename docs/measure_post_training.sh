@@ -39,16 +39,17 @@ if [ ! -f runs/countdown/orm-post/config.json ]; then
     --hard-negatives 2 --epochs 3 --time-budget-min 8
 fi
 run rsft-verifier rsft --rule verifier --orm runs/countdown/orm-post \
-  --selector weighted_majority --top-fraction 0.5 --rounds 3 --out runs/rsft/verifier \
+  --selector weighted_majority --top-fraction 0.5 --per-problem 1 --rounds 3 \
+  --out runs/rsft/verifier \
   --reuse-from runs/rsft/checker
 # 4. distillation: the improved policy answering as the server would (best of 16, majority)
-run distill distill --teacher runs/rsft/checker/round-3 --teacher-best-of 16 \
+run distill distill --teacher runs/rsft/checker-steps/round-3 --teacher-best-of 16 \
   --teacher-selector majority --student bon_server/embedded/countdown-policy \
   --filters none,checker --out runs/distill/rsft3-bo16
 # 5. Best-of-N on top: does the ORM (trained on the first policy's samples) still add as much
 #    on the improved policy? 500 held-out problems x 16 of each, the same ORM
-for policy in bon_server/embedded/countdown-policy runs/rsft/checker/round-3; do
-  name=$(basename "$policy")
+for policy in bon_server/embedded/countdown-policy runs/rsft/checker-steps/round-3; do
+  name=$(basename "$(dirname "$policy")")-$(basename "$policy")
   run "evaluate-$name" evaluate --policy "$policy" --records runs/post/eval-$name.jsonl -k 16 \
     --orm runs/countdown/orm-post --out-dir runs/post/eval-$name
 done
