@@ -45,7 +45,7 @@ run rsft-verifier rsft --rule verifier --orm runs/countdown/orm-post \
 # 4. distillation: the improved policy answering as the server would (best of 16, majority)
 run distill distill --teacher runs/rsft/checker-steps/round-3 --teacher-best-of 16 \
   --teacher-selector majority --student bon_server/embedded/countdown-policy \
-  --filters none,checker --out runs/distill/rsft3-bo16
+  --filters none,checker --problems 1000 --out runs/distill/rsft3-bo16
 # 5. Best-of-N on top: does the ORM (trained on the first policy's samples) still add as much
 #    on the improved policy? 500 held-out problems x 16 of each, the same ORM
 for policy in bon_server/embedded/countdown-policy runs/rsft/checker-steps/round-3; do
