@@ -164,7 +164,7 @@ def test_distill_filters_the_teachers_solutions(tmp_path: Path) -> None:
     out = tmp_path / "distill"
     assert cli("distill", "--teacher", POLICY, "--teacher-best-of", "4", "--student", POLICY,
                "--filters", "none,checker", "--problems", "10", "--steps", "2",
-               "--batch-size", "4", "--eval-problems", "6", "--eval-k", "4",
+               "--batch-size", "4", "--eval-problems", "0",
                "--out", str(out), "--no-progress", log=tmp_path / "distill.log") == 0
     teacher = read_samples(str(out / "teacher.jsonl"))
     solutions = read_samples(str(out / "solutions.jsonl"))
@@ -174,7 +174,9 @@ def test_distill_filters_the_teachers_solutions(tmp_path: Path) -> None:
     assert students["none"]["kept"] == 10
     assert students["checker"]["kept"] == sum(r.correct for r in solutions)
     assert students["checker"].get("kept_right", 1.0) == 1.0
+    # the students are not measured here (--eval-problems 0: rsft's and dpo's checkpoints
+    # already went through vLLM); each loads in transformers and answers
     for name in ("none", "checker"):
+        assert "pass@1" not in students[name]
         if students[name]["kept"]:
-            assert_measured(students[name])
-    assert_servable(out / "student-none", "trl.SFTTrainer")
+            assert_servable(out / f"student-{name}", "trl.SFTTrainer")

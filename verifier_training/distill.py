@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prm-aggregation", default="min", help="how a PRM's step scores combine")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="verifier filter: keep a solution whose score reaches this")
-    p.add_argument("--eval-problems", type=int, default=500, help="held-out problems")
+    p.add_argument("--eval-problems", type=int, default=500,
+                   help="held-out problems each student is measured on (0: not measured)")
     p.add_argument("--eval-k", type=int, default=16, help="samples per held-out problem")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens per sample")
@@ -137,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                             out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, threads=args.threads,
                             progress=not args.no_progress, record=record)
-        _, held = sample_round(out, task, train_problems=0, train_seed=args.problem_seed, k=1,
-                               eval_problems=args.eval_problems, eval_k=args.eval_k,
-                               temperature=args.temperature, max_tokens=args.max_tokens,
-                               progress=not args.no_progress, dtype=args.dtype)
+        held = []
+        if args.eval_problems:  # 0: train only (the student is measured elsewhere)
+            _, held = sample_round(out, task, train_problems=0, train_seed=args.problem_seed,
+                                   k=1, eval_problems=args.eval_problems, eval_k=args.eval_k,
+                                   temperature=args.temperature, max_tokens=args.max_tokens,
+                                   progress=not args.no_progress, dtype=args.dtype)
         summary["students"][name] = {
             "policy": out, "kept": len(kept),
             "kept_right": round(sum(r.correct for r in kept) / max(1, len(kept)), 4),
@@ -152,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| student data | kept | kept right | pass@1 | pass@{k} | majority@{k} |")
     print("|---|---|---|---|---|---|")
     for name, s in summary["students"].items():
-        if not s["kept"]:
-            print(f"| {name} | 0 | | | | |")
+        if not s["kept"] or "pass@1" not in s:
+            print(f"| {name} | {s['kept']} | | | | |")
             continue
         print(f"| {name} | {s['kept']} | {s['kept_right']:.3f} | {s['pass@1']:.3f} | "
               f"{s[f'pass@{k}']:.3f} | {s[f'majority@{k}']:.3f} |")
