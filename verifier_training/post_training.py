@@ -148,6 +148,19 @@ def _save(trainer, model, init: str, out: str, record: dict[str, Any]) -> None: 
         os.chmod(os.path.join(out, name), 0o644)
 
 
+def _fit(make_trainer, model, init: str, out: str, record: dict[str, Any] | None,  # type: ignore[no-untyped-def]
+         done: dict[str, Any]) -> dict[str, Any]:
+    """Train what ``make_trainer(scratch_dir)`` builds, then save the model to ``out`` with
+    ``done`` (plus the training seconds) in its record; TRL's own output dir is thrown away."""
+    with tempfile.TemporaryDirectory(prefix="bon-train-") as scratch:
+        trainer = make_trainer(scratch)
+        start = time.time()
+        trainer.train()
+        done = {**done, "train_seconds": round(time.time() - start, 1)}
+    _save(trainer, model, init, out, {**(record or {}), "training": done})
+    return done
+
+
 def train_sft(init: str, examples: Sequence[tuple[str, str]], out: str, *, steps: int,
               batch_size: int = 32, lr: float = 5e-4, seed: int = 0, threads: int = 2,
               progress: bool = True, record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -159,18 +172,16 @@ def train_sft(init: str, examples: Sequence[tuple[str, str]], out: str, *, steps
     if not examples:
         raise ValueError("nothing to train on: the rule kept no example")
     model, tokenizer = _load(init, threads)
-    with tempfile.TemporaryDirectory(prefix="bon-sft-") as scratch:
+
+    def make(scratch: str) -> SFTTrainer:
         config = SFTConfig(**_common_args(steps, batch_size, lr, seed, progress, scratch),
                            completion_only_loss=True, packing=False)
-        trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(chat_rows(examples)))
-        start = time.time()
-        trainer.train()
-        seconds = time.time() - start
-    done = {"trainer": "trl.SFTTrainer", "examples": len(examples), "steps": steps,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "train_seconds": round(seconds, 1)}
-    _save(trainer, model, init, out, {**(record or {}), "training": done})
-    return done
+        return SFTTrainer(model=model, args=config, processing_class=tokenizer,
+                          train_dataset=Dataset.from_list(chat_rows(examples)))
+
+    return _fit(make, model, init, out, record,
+                {"trainer": "trl.SFTTrainer", "examples": len(examples), "steps": steps,
+                 "batch_size": batch_size, "lr": lr, "seed": seed})
 
 
 def train_dpo(init: str, pairs: Sequence[tuple[str, str, str]], out: str, *, steps: int,
@@ -187,19 +198,16 @@ def train_dpo(init: str, pairs: Sequence[tuple[str, str, str]], out: str, *, ste
     if not pairs:
         raise ValueError("nothing to train on: no preference pair was formed")
     model, tokenizer = _load(init, threads)
-    with tempfile.TemporaryDirectory(prefix="bon-dpo-") as scratch:
-        losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) \
-            if sft_weight > 0 else {}
+    losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) \
+        if sft_weight > 0 else {}
+
+    def make(scratch: str) -> DPOTrainer:
         config = DPOConfig(**_common_args(steps, batch_size, lr, seed, progress, scratch),
                            beta=beta, **losses)
-        trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(pair_rows(pairs)))
-        start = time.time()
-        trainer.train()
-        seconds = time.time() - start
-    done = {"trainer": "trl.DPOTrainer", "pairs": len(pairs), "steps": steps,
-            "batch_size": batch_size, "lr": lr, "beta": beta, "sft_weight": sft_weight,
-            "seed": seed,
-            "train_seconds": round(seconds, 1)}
-    _save(trainer, model, init, out, {**(record or {}), "training": done})
-    return done
+        return DPOTrainer(model=model, args=config, processing_class=tokenizer,
+                          train_dataset=Dataset.from_list(pair_rows(pairs)))
+
+    return _fit(make, model, init, out, record,
+                {"trainer": "trl.DPOTrainer", "pairs": len(pairs), "steps": steps,
+                 "batch_size": batch_size, "lr": lr, "beta": beta, "sft_weight": sft_weight,
+                 "seed": seed})
