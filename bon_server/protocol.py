@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .errors import InvalidRequestError
 from .types import Message, Prompt, SamplingParams
@@ -77,7 +77,15 @@ Stop = str | list[str] | None
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-Count = Annotated[int, Field(ge=1, le=128)]
+def _integral(value: Any) -> Any:
+    """A JSON number with no fractional part is an integer (JSON Schema's rule, and so this
+    server's OpenAPI document's): ``"n": 2.0`` is 2. Anything else is left to the strict check
+    (``2.5``, ``"2"`` and ``true`` stay 400s)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+Count = Annotated[Integer, Field(ge=1, le=128)]
 
 
 class _Common(RequestModel):
@@ -91,7 +99,8 @@ class _Common(RequestModel):
     ) = None
     n: Count = 1
     presence_penalty: Penalty = 0.0
-    seed: int | None = None
+    # vLLM's bound: a seed must fit a 64-bit integer (torch's generators take no more)
+    seed: Annotated[Integer, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -117,7 +126,7 @@ class _Common(RequestModel):
     prune_keep: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     prune_rounds: Count | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[Integer, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
     ignore_eos: bool = False
@@ -198,12 +207,12 @@ class _Common(RequestModel):
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[Integer, Field(ge=1)] | None = None
+    max_tokens: Annotated[Integer, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[Integer, Field(ge=0, le=20)] | None = None
 
     @model_validator(mode="after")
     def _unsupported(self) -> ChatCompletionRequest:
@@ -260,8 +269,8 @@ class ChatCompletionRequest(_Common):
 class CompletionRequest(_Common):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    logprobs: Annotated[Integer, Field(ge=0, le=5)] | None = None
+    max_tokens: Annotated[Integer, Field(ge=1)] | None = 16
     suffix: str | None = None
 
     @model_validator(mode="after")

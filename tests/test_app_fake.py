@@ -385,6 +385,36 @@ def test_a_value_of_the_wrong_json_type_is_400_not_coerced(client, path, body, p
     assert error["type"] == "invalid_request_error"
 
 
+# Found by schemathesis: JSON Schema (and so this server's OpenAPI document) counts 2.0 as an
+# integer, and a Python client's json.dumps writes a float-typed count that way.
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": MESSAGES, "n": 2.0, "best_of": 4.0, "seed": 7.0,
+                                  "max_tokens": 8.0, "top_k": 5.0}),
+        ("/v1/completions", {"prompt": "x", "logprobs": 2.0, "max_tokens": 8.0}),
+    ],
+)
+def test_an_integral_float_is_an_integer(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == int(body.get("n", 1))
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"n": 2.5}, "n"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": 2**63}, "seed"),  # beyond a 64-bit seed: refused before the engine
+        ({"seed": 1e300}, "seed"),
+        ({"max_tokens": True}, "max_tokens"),
+    ],
+)
+def test_a_non_integral_or_out_of_range_count_is_400(client, body, param):
+    assert_openai_error(chat(client, **body), 400, param=param)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "with_logprobs"),
     [
