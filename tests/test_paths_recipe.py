@@ -125,3 +125,52 @@ def test_edge_lookup_head_matches_target_to_source():
 
     right = score("12>3\n", "3>57")
     assert right > score("12>3\n", "8>41") and right > score("12>3\n", "57>3")
+
+
+def test_step_gain_makes_a_copied_prompt_edge_score_its_step_form_first():
+    tok = build_tokenizer(edges=True)
+    vocab = tok.get_vocab()
+    for gain, step_wins in ((None, False), (1.25, True)):
+        torch.manual_seed(0)
+        model = tiny_model(tok)
+        sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=gain)
+        table = model.get_input_embeddings().weight.detach()
+        copied = table[vocab["12>3"]]  # what a copying head writes, through tied embeddings
+        step, plain = copied @ table[vocab["12>3\n"]], copied @ table[vocab["12>3"]]
+        assert (step > plain) == step_wins
+
+
+def test_first_hop_makes_the_assistant_read_the_starts_edges():
+    torch.manual_seed(0)
+    tok = build_tokenizer(edges=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=64,
+                         tie_word_embeddings=True, attn_implementation="eager")
+    model = LlamaForCausalLM(config).float()
+    sft.mimetic_attention_init(model)
+    sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=1.25)
+    sft.edge_lookup_head_init(model, tok, seed=0)
+    found = sft.first_hop_init(model, tok, seed=0)
+    assert found["mark"] > 0.9 and found["read"] > 0.8
+    # the real attention (RoPE, causal) on problems the calibration did not see
+    vocab = tok.get_vocab()
+    read_on_start, other_marked = [], []
+    for problem in get_task("paths").problems(16, 7):
+        text = tok.apply_chat_template([{"role": "user", "content": problem.question}],
+                                       tokenize=False, add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=False)
+        names = tok.convert_ids_to_tokens(ids)
+        with torch.no_grad():
+            attentions = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions
+        start = [i for i, n in enumerate(names)
+                 if (e := edge_token(n)) is not None and e[0] == problem.path[0]]
+        others = [i for i, n in enumerate(names)
+                  if (e := edge_token(n)) is not None and e[0] != problem.path[0]]
+        start_label = names.index(str(problem.path[0]))
+        mark = attentions[0][0, 3]
+        assert all(mark[i, start_label] > 0.9 for i in start)
+        other_marked += [mark[i, start_label].item() for i in others]
+        read_on_start.append(attentions[1][0, 0, -1, start].sum().item())
+        assert vocab["<|assistant|>"] == ids[-1]
+    assert sum(read_on_start) / len(read_on_start) > 0.8
+    assert sum(other_marked) / len(other_marked) < 0.2

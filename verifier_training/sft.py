@@ -46,6 +46,7 @@ from bon_server.tasks.base import (  # noqa: E402
     held_out_questions,
 )
 from verifier_training.tokenizer import (  # noqa: E402
+    ASSISTANT,
     END,
     build_tokenizer,
     edge_token,
@@ -126,6 +127,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="edges tokenizer only: multiply the composed edge embeddings by this (their norm "
         "bounds how sharply a copied edge is predicted among 21,696 tokens)",
+    )
+    p.add_argument(
+        "--step-gain",
+        type=float,
+        default=None,
+        help="edges tokenizer only: compose a step 'a>b\\n' as (gain * (emb(a) + R emb(b)) + "
+        "emb('\\n')) / sqrt 2, so that above 1 a copied prompt edge scores its step form first "
+        "(default: the older (emb(a) + R emb(b) + emb('\\n')) / sqrt 3, where the prompt form "
+        "wins and a third of samples lost the answer line's newline)",
+    )
+    p.add_argument(
+        "--first-hop",
+        action="store_true",
+        help="with --edge-lookup-head: also build the first step (the assistant token attends "
+        "to the listed edges whose source is the start; see first_hop_init)",
     )
     p.add_argument(
         "--edge-lookup-head",
@@ -361,7 +377,7 @@ def edge_lookup_head_init(model: LlamaForCausalLM, tokenizer, seed: int = 0, lay
 
 
 def compose_edge_embeddings(model: LlamaForCausalLM, tokenizer, seed: int = 0,
-                            scale: float = 1.0) -> int:
+                            scale: float = 1.0, step_gain: float | None = None) -> int:
     """Start every edge token's embedding from its labels': ``a>b`` as
     ``(emb(a) + R emb(b)) / sqrt 2`` and the step ``a>b\\n`` as
     ``(emb(a) + R emb(b) + emb('\\n')) / sqrt 3``, with one random rotation ``R`` (seeded) that
@@ -371,7 +387,12 @@ def compose_edge_embeddings(model: LlamaForCausalLM, tokenizer, seed: int = 0,
     output embeddings. Labels 1..9 are characters, 10..99 number tokens. ``scale`` multiplies
     the rows: with tied embeddings a copied edge can only out-score 21,695 others by as many
     nats as its embedding's norm allows (about 2.6 at the default init's norm), and a rare
-    token's norm grows slowly. Returns how many rows were set."""
+    token's norm grows slowly. ``step_gain`` (None: the form above) writes the step as
+    ``(step_gain * (emb(a) + R emb(b)) + emb('\\n')) / sqrt 2``: at a gain above 1 a copied
+    prompt edge scores its step form above itself through the tied embeddings (at the default
+    the prompt form wins the copy, and a policy wrote a solution's last step without its
+    newline, leaving the answer line off a line of its own in a third of its samples).
+    Returns how many rows were set."""
     vocab = tokenizer.get_vocab()
     table = model.get_input_embeddings().weight
     rotation = edge_rotation(table.shape[1], seed)
@@ -385,10 +406,155 @@ def compose_edge_embeddings(model: LlamaForCausalLM, tokenizer, seed: int = 0,
                 continue
             a, b, step = edge
             mixed = base[vocab[str(a)]] + rotation @ base[vocab[str(b)]]
-            row = (mixed + newline) / math.sqrt(3) if step else mixed / math.sqrt(2)
+            if not step:
+                row = mixed / math.sqrt(2)
+            elif step_gain is None:
+                row = (mixed + newline) / math.sqrt(3)
+            else:
+                row = (step_gain * mixed + newline) / math.sqrt(2)
             table[i] = scale * row
             done += 1
     return done
+
+
+@torch.no_grad()
+def first_hop_init(model: LlamaForCausalLM, tokenizer, seed: int = 0, mark: tuple = (0, 3),
+                   read: tuple = (1, 0), sharpness: float = 16.0, marker_gain: float = 0.5,
+                   assistant_gain: float = 20.0) -> dict[str, float]:
+    """Build the first step of a path (after ``compose_edge_embeddings`` and
+    ``edge_lookup_head_init``): from ``<|assistant|>``, attend to the listed edges whose source
+    is the start. The built lookup serves a step ``a>b\\n`` (it carries b); the assistant token
+    carries nothing, and the start is named only in ``from 12``: two hops, which no policy here
+    learned (the first step cost 4.8 nats, right 12% of the time, with every later lookup
+    working). Two heads, built:
+
+    - ``mark`` (layer, head): every label token (``1``..``99``; in a paths prompt only the start
+      and the target) gets a type direction ``t`` and a rotated copy of its own embedding
+      ``Q emb(N)``; the head's query is the edge's source part ``A x``, its key ``A Q^T x``, on
+      the slow RoPE pairs, so an edge whose source is a label named in the prompt attends to
+      that label (the target is an arm's end, the source of no edge: only the start's edges
+      match), and its value/output write the label's type ``t`` as a marker ``w`` into the
+      edge's residual, ``marker_gain`` strong (other edges attend about uniformly: a weak one);
+    - ``read`` (a later layer, head): query the assistant token's direction (its embedding
+      scaled by ``assistant_gain`` so that it survives the first layer's copies), key the
+      marker, on the slowest RoPE pair: the assistant attends to the start's edges. Its values
+      and output stay as they were (with ``--mimetic-init``: a copy of what it attends to).
+
+    The query scales are calibrated on 32 problems' prompts (prompts only). Returns the
+    attention at the assistant position on the start's edges (read) and the start edges'
+    attention on the start label (mark), averaged over those prompts (RoPE left out)."""
+    vocab = tokenizer.get_vocab()
+    table = model.get_input_embeddings().weight
+    hidden = table.shape[1]
+    layers = model.model.layers
+    dim = layers[0].self_attn.head_dim
+    g = torch.Generator().manual_seed(seed + 2)
+
+    def rotation() -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=g))
+        return q
+
+    directions = rotation()
+    match = list(range(dim // 4, dim // 2 - 1)) + list(range(3 * dim // 4, dim - 1))
+    fast = list(range(4))  # the fastest RoPE pairs: a score that peaks at distance 0
+    w, t, e = directions[0], directions[1], directions[2]  # marker; label type; edge type
+    n = len(match)
+    codes = directions[3 : 3 + n]  # where a label token holds its code
+    sources = directions[3 + n : 3 + 2 * n]  # where a listed edge holds its source's code
+    reserved = directions[: 3 + 2 * n]
+    code = torch.nn.functional.normalize(torch.randn(100, n, generator=g), dim=-1)
+    labels = torch.tensor([vocab[str(label)] for label in range(1, 100)])
+    edges = [(i, found[0]) for token, i in vocab.items()
+             if (found := edge_token(token)) is not None and not found[2]]
+    rows_e, source = torch.tensor([i for i, _ in edges]), torch.tensor([a for _, a in edges])
+    assistant = vocab[ASSISTANT]
+    (lm, hm), (lr, hr) = mark, read
+    ma, ra = layers[lm].self_attn, layers[lr].self_attn
+    slowest = dim // 2 - 1  # the pair (dim/2 - 1, dim - 1) turns least over a prompt
+    # No token has a component in the reserved subspace but what is written here: labels' type
+    # and code, listed edges' type and source code, and (after the first layer) the marker.
+    # So the mark head's queries are zero but at listed edges, its keys zero but at labels,
+    # and the marker is its alone.
+    table -= (table @ reserved.T) @ reserved
+    size = table[labels].norm(dim=-1, keepdim=True)
+    # a label token is its type and its code only
+    table[labels] = size * (t + code[1:] @ codes)
+    size = table[rows_e].norm(dim=-1, keepdim=True)
+    table[rows_e] += size * (e + code[source] @ sources) / 2
+    table[assistant] *= assistant_gain
+    a_dir = table[assistant] / table[assistant].norm()
+    rows = slice(hm * dim, (hm + 1) * dim)
+    mq, mk = ma.q_proj.weight[rows], ma.k_proj.weight[rows]
+    mq.zero_()
+    mk.zero_()
+    mq[match] = sources
+    mk[match] = codes
+    # an edge that matches no label attends to itself (no marker there): the sink
+    mq[fast] = e
+    mk[fast] = e
+    ma.v_proj.weight[rows] = 0.0
+    ma.v_proj.weight[hm * dim] = t
+    out = ma.o_proj.weight
+    out -= w[:, None] * (w @ out)[None]  # the other heads write no marker
+    out[:, rows] = 0.0
+    out[:, hm * dim] = marker_gain * w
+    rows = slice(hr * dim, (hr + 1) * dim)
+    rq, rk = ra.q_proj.weight[rows], ra.k_proj.weight[rows]
+    rq.zero_()
+    rk.zero_()
+    rq[slowest] = a_dir
+    rk[slowest] = w - a_dir  # and does not read itself
+
+    task = get_task("paths")
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [layers[i].input_layernorm.register_forward_hook(
+        lambda _m, _i, out, i=i: captured.__setitem__(i, out[0])) for i in (lm, lr)]
+    prompts = []
+    for problem in task.problems(32, EVAL_SEED + 1):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": problem.question}],
+                                             tokenize=False, add_generation_prompt=True)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        names = tokenizer.convert_ids_to_tokens(ids)
+        start = [(e := edge_token(n)) is not None and e[0] == problem.path[0] and not e[2]
+                 for n in names]
+        prompts.append((ids, torch.tensor(start), names.index(str(problem.path[0]))))
+
+    def run(layer: int) -> list[torch.Tensor]:
+        found = []
+        for ids, _, _ in prompts:
+            model(input_ids=torch.tensor([ids]), use_cache=False)
+            found.append(captured[layer])
+        return found
+
+    try:
+        # mark: a start edge's score on the start label against its scores on the rest
+        xs = run(lm)
+        gap = sum((((x[st] @ mq[match].T) @ (x @ mk[match].T).T)[:, lab]
+                   - ((x[st] @ mq[match].T) @ (x @ mk[match].T).T).mean(-1)).mean().item()
+                  for x, (_, st, lab) in zip(xs, prompts, strict=True)) / len(prompts)
+        mq[match] *= sharpness * math.sqrt(dim) / gap
+        sink = sum(((x[st] @ mq[fast].T) * (x[st] @ mk[fast].T)).sum(-1).mean().item()
+                   for x, (_, st, _) in zip(xs, prompts, strict=True)) / len(prompts)
+        mq[fast] *= sharpness * math.sqrt(dim) / 2 / sink
+        # read: the assistant's score on the start edges against the rest
+        xs = run(lr)
+        gap = sum(((x @ rk.T) @ (x[-1] @ rq.T))[st].mean().item()
+                  - ((x @ rk.T) @ (x[-1] @ rq.T))[~st].mean().item()
+                  for x, (_, st, _) in zip(xs, prompts, strict=True)) / len(prompts)
+        rq.mul_(sharpness * math.sqrt(dim) / gap)
+        xs, found = run(lr), {"mark": 0.0, "read": 0.0}
+        marks = run(lm)
+        for x, m, (_, st, lab) in zip(xs, marks, prompts, strict=True):
+            score = ((x @ rk.T) @ (x[-1] @ rq.T)) / math.sqrt(dim)
+            found["read"] += score.softmax(-1)[st].sum().item()
+            own = ((m[st] @ mq.T) @ (m @ mk.T).T) / math.sqrt(dim)
+            causal = torch.arange(len(m))[None] <= torch.nonzero(st)[:, :1]
+            own = own.masked_fill(~causal, -math.inf)
+            found["mark"] += own.softmax(-1)[:, lab].mean().item()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {k: v / len(prompts) for k, v in found.items()}
 
 
 def mimetic_attention_init(model: LlamaForCausalLM, qk: float = 1.0, vo: float = 1.0,
@@ -510,8 +676,11 @@ class HeldOutLoss:
         keep = target != IGNORE
         loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="none")
         label = self.is_label[target[keep]]
+        # the first answer token: the first labelled position after an unlabelled one
+        before = torch.nn.functional.pad(target[:, :-1], (1, 0), value=IGNORE)
+        first = (before == IGNORE)[keep]
         return {"answer": loss.mean().item(), "labels": loss[label].mean().item(),
-                "other": loss[~label].mean().item()}
+                "other": loss[~label].mean().item(), "first": loss[first].mean().item()}
 
 
 def _training_config(directory: str) -> dict | None:
@@ -575,11 +744,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"arrow tokens composed from their parts: {composed}")
         if kind == "edges":
             composed = compose_edge_embeddings(model, tokenizer, seed=args.seed,
-                                               scale=args.edge_scale)
+                                               scale=args.edge_scale, step_gain=args.step_gain)
             print(f"edge tokens composed from their labels: {composed}")
             if args.edge_lookup_head:
                 gap = edge_lookup_head_init(model, tokenizer, seed=args.seed)
                 print(f"layer 0 built as edge lookups (smallest raw match gap {gap:.2f})")
+            if args.first_hop:
+                found = first_hop_init(model, tokenizer, seed=args.seed)
+                print("first step built: the start's edges hold "
+                      f"{found['read']:.2f} of the assistant's read head, the start label "
+                      f"{found['mark']:.2f} of their mark head")
     # Only the token ids: vLLM applies generation_config.json sampling fields as request defaults.
     model.generation_config = GenerationConfig(**special)
     n_params = sum(p.numel() for p in model.parameters())
