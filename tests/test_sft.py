@@ -226,5 +226,5 @@ def test_held_out_loss_splits_labels_from_the_rest():
     torch.manual_seed(0)
     found = held_out(LlamaForCausalLM(config))
     # an untrained model: about ln(vocab) everywhere
-    assert set(found) == {"answer", "labels", "other"}
+    assert set(found) == {"answer", "labels", "other", "first"}  # first: the first answer token
     assert all(abs(v - torch.log(torch.tensor(len(tok))).item()) < 1.0 for v in found.values())
