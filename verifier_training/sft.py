@@ -429,16 +429,20 @@ def first_hop_init(model: LlamaForCausalLM, tokenizer, seed: int = 0, mark: tupl
     working). Two heads, built:
 
     - ``mark`` (layer, head): every label token (``1``..``99``; in a paths prompt only the start
-      and the target) gets a type direction ``t`` and a rotated copy of its own embedding
-      ``Q emb(N)``; the head's query is the edge's source part ``A x``, its key ``A Q^T x``, on
-      the slow RoPE pairs, so an edge whose source is a label named in the prompt attends to
-      that label (the target is an arm's end, the source of no edge: only the start's edges
-      match), and its value/output write the label's type ``t`` as a marker ``w`` into the
-      edge's residual, ``marker_gain`` strong (other edges attend about uniformly: a weak one);
+      and the target) becomes a type direction ``t`` plus a random code of its label, and every
+      listed edge ``a>b`` gains an edge type ``e`` plus the code of its source ``a``, each in
+      reserved directions that every other token is projected out of. The head's query reads
+      an edge's source code, its key a label's code (on the slow RoPE pairs, so distance does
+      not matter): an edge whose source is a label named in the prompt attends to that label
+      (the target is an arm's end, the source of no edge: only the start's edges match); an
+      edge that matches nothing attends to itself (``e`` on the fastest pairs: a score that
+      peaks at distance 0). Its value/output write the attended label's ``t`` as a marker
+      ``w``, ``marker_gain`` strong, and the other heads of that layer write no ``w``;
     - ``read`` (a later layer, head): query the assistant token's direction (its embedding
       scaled by ``assistant_gain`` so that it survives the first layer's copies), key the
-      marker, on the slowest RoPE pair: the assistant attends to the start's edges. Its values
-      and output stay as they were (with ``--mimetic-init``: a copy of what it attends to).
+      marker minus that direction (the assistant does not read itself), on the slowest RoPE
+      pair: the assistant attends to the start's edges. Its values and output stay as they
+      were (with ``--mimetic-init``: a copy of what it attends to).
 
     The query scales are calibrated on 32 problems' prompts (prompts only). Returns the
     attention at the assistant position on the start's edges (read) and the start edges'
