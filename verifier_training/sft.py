@@ -523,32 +523,38 @@ def first_hop_init(model: LlamaForCausalLM, tokenizer, seed: int = 0, mark: tupl
                  for n in names]
         prompts.append((ids, torch.tensor(start), names.index(str(problem.path[0]))))
 
-    def run(layer: int) -> list[torch.Tensor]:
+    def run() -> list[dict[int, torch.Tensor]]:
+        """One pass over the prompts: each one's normalised inputs to the two layers."""
         found = []
         for ids, _, _ in prompts:
             model(input_ids=torch.tensor([ids]), use_cache=False)
-            found.append(captured[layer])
+            found.append(dict(captured))
         return found
 
     try:
-        # mark: a start edge's score on the start label against its scores on the rest
-        xs = run(lm)
-        gap = sum((((x[st] @ mq[match].T) @ (x @ mk[match].T).T)[:, lab]
-                   - ((x[st] @ mq[match].T) @ (x @ mk[match].T).T).mean(-1)).mean().item()
-                  for x, (_, st, lab) in zip(xs, prompts, strict=True)) / len(prompts)
+        # mark: a start edge's score on the start label against its scores on the rest, then
+        # the sink (the first layer's inputs are the embeddings: one pass serves both)
+        first = [c[lm] for c in run()]
+        gap = 0.0
+        for x, (_, st, lab) in zip(first, prompts, strict=True):
+            scores = (x[st] @ mq[match].T) @ (x @ mk[match].T).T
+            gap += (scores[:, lab] - scores.mean(-1)).mean().item() / len(prompts)
         mq[match] *= sharpness * math.sqrt(dim) / gap
         sink = sum(((x[st] @ mq[fast].T) * (x[st] @ mk[fast].T)).sum(-1).mean().item()
-                   for x, (_, st, _) in zip(xs, prompts, strict=True)) / len(prompts)
+                   for x, (_, st, _) in zip(first, prompts, strict=True)) / len(prompts)
         mq[fast] *= sharpness * math.sqrt(dim) / 2 / sink
-        # read: the assistant's score on the start edges against the rest
-        xs = run(lr)
-        gap = sum(((x @ rk.T) @ (x[-1] @ rq.T))[st].mean().item()
-                  - ((x @ rk.T) @ (x[-1] @ rq.T))[~st].mean().item()
-                  for x, (_, st, _) in zip(xs, prompts, strict=True)) / len(prompts)
+        # read: the assistant's score on the start edges against the rest. The mark head is
+        # final now, and the read head's own scale changes neither layer's inputs: this pass
+        # also serves the measurement below.
+        inputs = run()
+        gap = 0.0
+        for c, (_, st, _) in zip(inputs, prompts, strict=True):
+            scores = (c[lr] @ rk.T) @ (c[lr][-1] @ rq.T)
+            gap += (scores[st].mean() - scores[~st].mean()).item() / len(prompts)
         rq.mul_(sharpness * math.sqrt(dim) / gap)
-        xs, found = run(lr), {"mark": 0.0, "read": 0.0}
-        marks = run(lm)
-        for x, m, (_, st, lab) in zip(xs, marks, prompts, strict=True):
+        found = {"mark": 0.0, "read": 0.0}
+        for c, (_, st, lab) in zip(inputs, prompts, strict=True):
+            x, m = c[lr], c[lm]
             score = ((x @ rk.T) @ (x[-1] @ rq.T)) / math.sqrt(dim)
             found["read"] += score.softmax(-1)[st].sum().item()
             own = ((m[st] @ mq.T) @ (m @ mk.T).T) / math.sqrt(dim)
