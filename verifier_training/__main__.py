@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "passk": ("verifier_training.passk", "pass@1, pass@k and majority@k of a policy (vLLM)"),
     "sample": ("verifier_training.sampling", "sample K candidates per problem into raw records"),
     "label-steps": ("verifier_training.labels", "Monte-Carlo step labels (k-of-M) for records"),
+    "build-checker": ("verifier_training.built_checker",
+                      "write the paths checker built into a transformer (an ORM init)"),
     "train-orm": ("verifier_training.train_orm", "train an outcome reward model on records"),
     "train-prm": ("verifier_training.train_prm", "train a process reward model on step labels"),
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
