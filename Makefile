@@ -6,6 +6,9 @@ VENV ?= .venv
 PIP_EXTRA ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# the default world: the one whose shipped verifier gains most over voting (graph paths; its
+# serving.json loads paths-orm as the verifier); `make serve MODEL=bon_server/embedded/arith-policy`
+MODEL ?= bon_server/embedded/paths-policy
 STAMP := $(VENV)/.installed
 # the candidate page's browser tests drive Debian's Chromium (Playwright never downloads one)
 CHROMIUM := /usr/bin/chromium
@@ -31,7 +34,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
 serve: $(STAMP)
-	$(VENV)/bin/bon-server serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bon-server serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest
