@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--requests", type=int, default=64, help="requests per cell and endpoint")
     run.add_argument(
         "--dataset",
-        default="arith",
+        default=None,
         help="a world (arith, countdown, paths: fresh problems graded by its checker) or a "
-        "JSONL file of {messages|prompt, answer|task}",
+        "JSONL file of {messages|prompt, answer|task} (default: the world --base-url serves, "
+        "from its /v1/bon/problem; arith when it does not say)",
     )
     run.add_argument(
         "--selector", default=None, help="selector for Best-of-N endpoints (default: the server's)"
@@ -133,6 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(args)
 
 
+def served_world(base_url: str, api_key: str | None) -> str | None:
+    """The world a Best-of-N server says it serves (``GET /v1/bon/problem``), or None."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        r = httpx.get(f"{base_url}/v1/bon/problem", params={"seed": 0}, headers=headers,
+                      timeout=30)
+        return r.json().get("world") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 def run_command(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .runner import RunConfig, run
@@ -140,6 +154,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.requests < 1:
         raise SystemExit("--requests must be >= 1")
     endpoints = [Endpoint(args.name, args.base_url.rstrip("/"), "auto", args.model, args.api_key)]
+    if args.dataset is None:
+        args.dataset = served_world(endpoints[0].base_url, args.api_key) or "arith"
     try:
         endpoints += [parse_compare(spec, args.api_key) for spec in args.compare]
         items = load_dataset(args.dataset, args.requests, args.seed)

@@ -436,6 +436,8 @@ def test_grid_against_the_real_server(server, tmp_path: Path):
         ]
     )
     assert code == 0
+    # no --dataset: the world the server says it serves
+    assert json.loads((out / "config.json").read_text())["dataset"] == "arith"
     cells = _cells(out)
     assert set(cells) == {("bon", b, c) for b in (1, 2) for c in (1, 2)}
     for r in cells.values():
