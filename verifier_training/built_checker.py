@@ -48,7 +48,7 @@ LABELS = range(1, 100)
 CHARS = ("m", "o", "s", "\n")  # the letters two before a label (from X, to X, is X); newline
 CODES = len(LABELS) + len(CHARS)  # one slot per label and per letter
 C = 8.0  # every token's constant component: keeps the RMS norms near one value
-HEAD_DIM, HEADS, LAYERS = 256, 4, 3
+HEAD_DIM, HEADS, LAYERS = 256, 4, 3  # 3 heads used at most; Llama wants HIDDEN % HEADS == 0
 ROPE_THETA = 1e30
 FAST = range(6)  # rotary pairs that turn (1.0 .. 0.067 rad per position)
 SLOW = [j for j in range(14, HEAD_DIM // 2)] + [j + HEAD_DIM // 2 for j in range(14, HEAD_DIM // 2)]
