@@ -82,3 +82,13 @@ def test_built_checker_serves_as_an_orm_from_the_prompt_alone(tmp_path):
     scores = scorer.score_texts(texts)
     assert scores[0] > 0.99
     assert max(scores[1:]) < 0.01
+
+
+def test_random_decision_keeps_the_lookups_and_randomises_the_rest(checker):
+    """``--random-decision``: layers 0 and 1 as built, the gather layer and head left to train."""
+    model, tokenizer = checker
+    other = built_checker.build(tokenizer, decision=False)
+    built, random_ = dict(model.named_parameters()), dict(other.named_parameters())
+    for name, w in built.items():
+        learned = name.startswith("model.layers.2.self_attn") or name == "score.weight"
+        assert torch.equal(w, random_[name]) != learned, name

@@ -99,8 +99,11 @@ def _positional(q: torch.Tensor, k: torch.Tensor, head: int, offset: int, gain: 
 @torch.no_grad()
 def build(tokenizer, *, position_gain: float = 14.0, region_gain: float = 40.0,
           match_gain: float = 60.0, gather_gain: float = 20.0, bias: float = 6.0,
-          gain: float = 100.0, line_gain: float = 120.0):
-    """The checker as a ``LlamaForSequenceClassification`` (float32) for ``tokenizer``."""
+          gain: float = 100.0, line_gain: float = 120.0, decision: bool = True):
+    """The checker as a ``LlamaForSequenceClassification`` (float32) for ``tokenizer``. With
+    ``decision=False`` only the lookups are built (layers 0 and 1): the gather layer and the
+    score head keep a random init (normal, std 0.02), for training to learn how to combine the
+    "not found" flags from outcome labels."""
     from transformers import LlamaForSequenceClassification
 
     vocab = tokenizer.get_vocab()
@@ -200,6 +203,11 @@ def build(tokenizer, *, position_gain: float = 14.0, region_gain: float = 40.0,
 
     model.score.weight[0, ONE] = bias / C
     model.score.weight[0, NFMEAN] = -gain
+    if not decision:
+        g = torch.Generator().manual_seed(0)
+        for w in (a2.q_proj.weight, a2.k_proj.weight, a2.v_proj.weight, a2.o_proj.weight,
+                  model.score.weight):
+            w.copy_(torch.randn(w.shape, generator=g) * 0.02)
     return model
 
 
@@ -228,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", default=None,
                    help="optional JSONL of paths SampleRecords: report agreement with the checker")
     p.add_argument("--max-records", type=int, default=4000)
+    p.add_argument("--random-decision", action="store_true",
+                   help="build only the lookups; leave the gather layer and score head random "
+                        "(train-orm learns them)")
     args = p.parse_args(argv)
     tokenizer = build_tokenizer(numbers=True)
-    model = build(tokenizer)
+    model = build(tokenizer, decision=not args.random_decision)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     save_tokenizer(tokenizer, args.out)
