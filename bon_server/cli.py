@@ -128,8 +128,13 @@ def serve_forever(app: object, settings: Settings, log_level: str) -> None:
         timeout_graceful_shutdown=settings.shutdown_timeout + SHUTDOWN_BACKSTOP_S,
     )
     server = DrainingServer(config)
-    server.run()
-    if not server.started:  # the lifespan failed (engine, verifier) or the port was taken
+    # Listen before the lifespan starts the engine, as vLLM's own server does: a port that is
+    # taken fails at once rather than after the engine loads, and the engine's processes, which
+    # bind ports of their own while they start, cannot take the one asked for in the meantime.
+    sock = config.bind_socket()  # exits 3 with uvicorn's message when the port is taken
+    sock.set_inheritable(False)  # uvicorn's workers would share it; the engine's processes must not
+    server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed (engine, verifier)
         raise SystemExit(3)
 
 

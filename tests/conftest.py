@@ -180,12 +180,32 @@ class ServerProcess(ChildProcess):
 
     name = "bon-server"
 
+    PORT_TRIES = 3
+
     def __init__(self, args: list[str], log_path: Path, **env: str) -> None:
+        self.args, self.env = args, env
+        self._start(log_path)
+
+    def _start(self, log_path: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.ready_url = f"{self.base_url}/health"
-        cmd = [sys.executable, "-m", "bon_server", "serve", "--port", str(self.port), *args]
-        super().__init__(cmd, log_path, **env)
+        cmd = [sys.executable, "-m", "bon_server", "serve", "--port", str(self.port), *self.args]
+        super().__init__(cmd, log_path, **self.env)
+
+    def wait_ready(self, *args: Any, **kwargs: Any) -> None:
+        """As ``ChildProcess.wait_ready``, on a fresh port if another process took this one
+        between ``free_port()`` and the server's bind (a port is free only when asked)."""
+        for attempt in range(self.PORT_TRIES):
+            try:
+                return super().wait_ready(*args, **kwargs)
+            except RuntimeError:
+                log = self.log_path.read_text(errors="replace").lower()
+                taken = "address already in use" in log
+                if not taken or attempt == self.PORT_TRIES - 1:
+                    raise
+                self.stop()
+                self._start(self.log_path)
 
     def metric(self, name: str) -> float:
         """The first sample of ``name`` on /metrics."""

@@ -205,3 +205,25 @@ def test_invalid_reliability_settings_exit_2(capsys, argv, needle):
         main(["serve", *argv])
     assert info.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_taken_port_fails_before_the_engine_starts(tmp_path):
+    """The server listens before its lifespan loads the engine: a taken port is exit 3 with
+    uvicorn's message, without an engine, and the engine's own processes cannot take the port
+    while it starts (the race that once failed CI)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bon_server", "serve", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert proc.returncode == 3  # uvicorn's startup failure, as when the engine fails to load
+    out = proc.stdout + proc.stderr
+    assert "address already in use" in out.lower()
+    assert "Initializing" not in out and "EngineCore" not in out  # no engine was started
