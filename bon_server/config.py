@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     prune_rounds: int = Field(1, ge=1, le=128, description="prune: pruning rounds")
     score_while_decoding: bool = Field(
         False,
-        description="in-process, fixed N with a verifier: one engine request per candidate, "
+        description="fixed N with a verifier: one engine (or upstream) request per candidate, "
         "each scored as it ends while the others decode",
     )
 
@@ -259,8 +259,6 @@ class Settings(BaseSettings):
             raise ValueError("prune needs --verifier: it ranks the partial candidates")
         if self.prune and self.adaptive:
             raise ValueError("choose one of --adaptive and --prune")
-        if self.prune and self.upstream is not None:
-            raise ValueError("--prune needs the in-process engine (not --upstream) for now")
         if self.default_selector is not None:
             from .selectors import SELECTORS, check_selector
 

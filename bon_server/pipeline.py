@@ -313,7 +313,9 @@ class BestOfN:
             scores[i] = selection.scores[j]
         order = [kept[j] for j in selection.order] + sorted(drawn.pruned)
 
-        self._record(plan, candidates, plan.request.prompt_tokens, t1 - t0, drawn.exposed_score_s)
+        # in-process the prompt was counted when prepared; an upstream counts it in its streams
+        prompt_tokens = plan.request.prompt_tokens or drawn.prompt_tokens or 0
+        self._record(plan, candidates, prompt_tokens, t1 - t0, drawn.exposed_score_s)
         if drawn.pruned:
             m = self.metrics
             m.candidates_pruned.inc(len(drawn.pruned))
@@ -330,7 +332,7 @@ class BestOfN:
             order=tuple(order),
             selector=plan.selector,
             aggregation=plan.aggregation,
-            prompt_tokens=plan.request.prompt_tokens,
+            prompt_tokens=prompt_tokens,
             timings={"generate_s": t1 - t0, "score_s": drawn.exposed_score_s},
             step_scores=drawn.step_scores,
             search=Search(

@@ -84,6 +84,8 @@ class Progress:
 
     candidate: Candidate
     done: bool = False
+    # the prompt's token count, where only the stream can tell it (an upstream's usage)
+    prompt_tokens: int | None = None
 
     @property
     def text(self) -> str:

@@ -36,8 +36,10 @@ connection closes.
 from __future__ import annotations
 
 import asyncio
+import json as _json
 import logging
 import random
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -155,6 +157,55 @@ class RemoteServer:
         timeout: float | httpx.Timeout | None = None,
     ) -> Any:
         """The decoded JSON reply of ``method path``; every failure is a ``BonError``."""
+        response = await self._send(method, path, json, relay_4xx, retries, timeout)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"{self.name} sent a reply that is not JSON") from exc
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The decoded ``data:`` events of a streamed (server-sent events) reply to POST
+        ``path``, up to ``[DONE]``. Opening it fails, and is retried, as ``request`` does;
+        once events flow, a broken or truncated stream is a 502 (never retried: the
+        upstream may have generated), an error event its 400 or a 502, a silence longer
+        than the timeout a 504. Closing the iteration closes the connection, which makes a
+        vLLM upstream abort the request."""
+        response = await self._send("POST", path, body, True, None, None, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, event names
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    event = _json.loads(data)
+                except ValueError:
+                    raise UpstreamError(f"{self.name} streamed an event that is not JSON") from None
+                if isinstance(event, dict) and event.get("error") is not None:
+                    raise self._event_error(event["error"])
+                yield event
+            raise UpstreamError(f"{self.name} ended its stream without [DONE]")
+        except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
+            raise DeadlineExceededError(f"{self.name} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"{self.name} broke off its stream: {type(exc).__name__}") from exc
+        finally:
+            await response.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None,
+        relay_4xx: bool,
+        retries: int | None,
+        timeout: float | httpx.Timeout | None,
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """A reply below 400 to ``method path``, after the retries; every failure is a
+        ``BonError``. With ``stream`` its body is still to be read (and closed)."""
         retries = self.retries if retries is None else retries
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         where = f"{self.name} {method} {self.log_url}{path}"
@@ -164,7 +215,13 @@ class RemoteServer:
                 await asyncio.sleep(self._backoff(attempt))
             self.attempts += 1
             try:
-                response = await self.client.request(method, path, json=json, **kwargs)
+                built = self.client.build_request(method, path, json=json, **kwargs)
+                response = await self.client.send(built, stream=stream)
+                if stream and response.status_code >= 400:
+                    try:
+                        await response.aread()  # the error body, for its message
+                    finally:
+                        await response.aclose()
             except httpx.PoolTimeout as exc:
                 raise ServiceUnavailableError(
                     f"{self.name}: every connection to it is busy", headers=RETRY_AFTER
@@ -183,10 +240,7 @@ class RemoteServer:
                 continue
             if response.status_code >= 400:
                 raise self._client_error(response, relay_4xx, where)
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise UpstreamError(f"{self.name} sent a reply that is not JSON") from exc
+            return response
         attempts = f"{retries + 1} attempt{'s' if retries else ''}"
         if failure.startswith("HTTP "):
             raise UpstreamError(f"{self.name} failed after {attempts}: {failure}")
@@ -196,6 +250,16 @@ class RemoteServer:
             f"{self.name} is unreachable after {attempts}: {failure_kind}",
             headers=RETRY_AFTER,
         )
+
+    def _event_error(self, error: Any) -> BonError:
+        """An error event in a stream (vLLM: ``{"error": {"message", "code": 400, ...}}``):
+        a 400 stays the client's 400, anything else is the upstream's failure."""
+        if not isinstance(error, dict):
+            return UpstreamError(f"{self.name} failed mid-stream: {str(error)[:500]}")
+        message = str(error.get("message") or error)[:500]
+        if error.get("code") in (400, "400") or error.get("type") == "BadRequestError":
+            return InvalidRequestError(message, param=error.get("param"))
+        return UpstreamError(f"{self.name} failed mid-stream: {message}")
 
     def _backoff(self, attempt: int) -> float:
         return min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random())

@@ -99,8 +99,7 @@ def test_prune_is_refused_where_it_cannot_run():
         assert err["param"] == field
     with pytest.raises(ValueError, match="prune needs --verifier"):
         Settings(prune=True)
-    with pytest.raises(ValueError, match="in-process engine"):
-        Settings(prune=True, verifier="/v", upstream="http://up:8000/v1")
+    Settings(prune=True, verifier="/v", upstream="http://up:8000/v1")  # proxy mode prunes too
     # the server's --prune default: a request that says adaptive gets adaptive
     app, _ = pruned_app(prune=True, verifier="/unused")
     assert ask(app, best_of=8, adaptive=True).json()["bon"]["search"]["mode"] == "adaptive"

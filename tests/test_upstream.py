@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from asgi_app import openai_error
+from asgi_app import openai_error, running
 from conftest import (
     MODEL,
     Q,
@@ -52,6 +52,7 @@ from bon_server.errors import (
     UpstreamError,
 )
 from bon_server.generators import build_generator
+from bon_server.generators.fake import ConstantScorer
 from bon_server.generators.upstream import UpstreamGenerator
 from bon_server.types import Message, Prompt, SamplingParams
 from bon_server.upstream_client import ModelResolver, RemoteServer
@@ -661,6 +662,173 @@ def test_cancelling_generate_cancels_the_upstream_call():
     assert released == ["/v1/chat/completions"]
 
 
+# ------------------------------------------- 1b. one streamed request per candidate
+
+
+def sse(*events: Any, done: bool = True) -> bytes:
+    """A server-sent-events body as vLLM writes it."""
+    lines = [f"data: {json.dumps(e) if not isinstance(e, str) else e}\n\n" for e in events]
+    return ("".join(lines) + ("data: [DONE]\n\n" if done else "")).encode()
+
+
+def chunk(text: str | None = None, ids: list[int] | None = None, finish: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": {} if text is None else {"content": text},
+                              "finish_reason": finish, **extra}
+    if ids is not None:
+        choice["token_ids"] = ids
+    return {"object": "chat.completion.chunk", "choices": [choice]}
+
+
+USAGE = {"object": "chat.completion.chunk", "choices": [],
+         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+STREAM = (chunk("", None), chunk("= ", [10, 11]), chunk("5", [12]), chunk("", [2], "stop"), USAGE)
+
+
+def follow(gen: UpstreamGenerator, index: int = 0, **params: Any) -> list[Any]:
+    """Every Progress of candidate ``index`` of a best_of=4 request."""
+
+    async def go():
+        try:
+            request = gen.prepare(CHAT, SamplingParams(**params), 4)
+            return [p async for p in gen.stream(request, index)]
+        finally:
+            await gen.aclose()
+
+    return asyncio.run(go())
+
+
+def streaming(body_of: Callable[[dict[str, Any]], bytes]) -> Upstream:
+    return Upstream(lambda request, body: httpx.Response(200, content=body_of(body)))
+
+
+def test_a_candidate_streams_alone_with_n_1_and_its_own_seed():
+    up = streaming(lambda body: sse(*STREAM))
+    progress = follow(generator(up, upstream_model="m"), index=2, seed=3, max_tokens=9)
+    (path, body), = up.posts
+    assert path == "/v1/chat/completions"
+    assert body["n"] == 1 and body["stream"] is True and body["seed"] == 5  # seed + index
+    assert body["stream_options"] == {"include_usage": True} and body["return_token_ids"]
+    assert body["max_tokens"] == 9 and body["model"] == "m"
+    assert [p.text for p in progress] == ["= ", "= 5", "= 5", "= 5"]
+    assert [p.done for p in progress] == [False, False, False, True]
+    last = progress[-1]
+    assert last.candidate.token_ids == (10, 11, 12, 2) and last.candidate.finish_reason == "stop"
+    assert last.prompt_tokens == 7 and progress[0].prompt_tokens is None
+
+
+def test_a_stream_counts_tokens_without_ids_and_keeps_logprobs():
+    def body_of(body):
+        if "return_token_ids" in body:  # refused, as OpenAI would
+            return b""
+        lp = {"content": [{"token": "5", "logprob": -0.25, "top_logprobs": []}]}
+        return sse(chunk("= "), chunk("5", logprobs=lp), chunk("", finish="length"), USAGE)
+
+    def answer(request, body):
+        if "return_token_ids" in body:
+            return httpx.Response(400, json={"error": {"message": "bad: return_token_ids"}})
+        return httpx.Response(200, content=body_of(body))
+
+    gen = generator(Upstream(answer), upstream_model="m")
+    progress = follow(gen)
+    assert gen.ask_token_ids is False
+    assert [len(p.candidate.token_ids) for p in progress] == [1, 2, 3]  # chunks, then usage
+    assert progress[-1].candidate.finish_reason == "length"
+    gen = generator(Upstream(answer), upstream_model="m")
+    gen.ask_token_ids = False
+    last = follow(gen, logprobs=0)[-1].candidate
+    assert last.cumulative_logprob == -0.25 and [e.token for e in last.logprobs] == ["5"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "needle"),
+    [
+        (sse(*STREAM[:3], done=False), UpstreamError, "without [DONE]"),
+        (sse(chunk("x"), "{not json"), UpstreamError, "not JSON"),
+        (sse(chunk("x", finish="abort")), UpstreamError, "ended with 'abort'"),
+        (sse(chunk("x")), UpstreamError, "ended with None"),
+        (sse(chunk(None, finish=None) | {"choices": [{"delta": 5}]}), UpstreamError, "malformed"),
+        (sse({"error": {"message": "too long", "code": 400}}), InvalidRequestError, "too long"),
+        (sse({"error": {"message": "boom", "code": 500}}), UpstreamError, "mid-stream: boom"),
+    ],
+)
+def test_a_broken_stream_is_an_openai_error_never_a_500(body, error, needle):
+    gen = generator(streaming(lambda _: body), upstream_model="m")
+    with pytest.raises(error) as info:
+        follow(gen)
+    assert needle in info.value.message and info.value.status_code in (400, 502)
+
+
+def test_a_stream_that_cannot_open_is_retried_then_mapped():
+    calls = []
+
+    def answer(request, body):
+        calls.append(1)
+        return httpx.Response(503, json={"error": {"message": "overloaded"}})
+
+    with pytest.raises(UpstreamError) as info:
+        follow(generator(Upstream(answer), upstream_model="m"))
+    assert len(calls) == 3 and "overloaded" in info.value.message  # 1 + 2 retries
+    up = Upstream(lambda r, b: httpx.Response(400, json={"error": {"message": "context"}}))
+    with pytest.raises(InvalidRequestError):
+        follow(generator(up, upstream_model="m"))
+    assert len(up.posts) == 1  # a 4xx is never retried
+
+
+def test_pruning_in_proxy_mode_closes_the_pruned_streams():
+    """Four candidates each write a step, then would take a minute for the rest: the ORM
+    ranks them on that step, the lowest two are pruned, and exactly their upstream streams
+    are closed (a vLLM upstream aborts those requests); the survivors finish."""
+    closed: list[int] = []
+    finish = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        seed = json.loads(request.content)["seed"]
+
+        async def body():
+            try:
+                yield sse(chunk("1 + 1 = 2\n", [1, 2, 3]), done=False)
+                await asyncio.wait_for(finish.wait(), 60)  # the rest of the candidate
+                yield sse(chunk("The answer is 2.", [4, 5], "stop"), USAGE)
+            finally:
+                closed.append(seed)
+
+        return httpx.Response(200, content=body())
+
+    async def release_after_pruning():
+        while len(closed) < 2:
+            await asyncio.sleep(0.01)
+        finish.set()
+
+    gen = UpstreamGenerator(
+        RemoteServer("http://up.test/v1", transport=httpx.MockTransport(handler)),
+        model_name=MODEL, upstream_model="m",
+    )
+    scores = (0.1, 0.9, 0.2, 0.8)  # candidates 0 and 2 rank lowest
+    app = create_app(Settings(verifier="/unused", keepalive_interval_s=0.02), generator=gen,
+                     scorer=ConstantScorer(scores))
+
+    async def go():
+        async with running(app) as c:
+            releaser = asyncio.ensure_future(release_after_pruning())
+            r = await c.post("/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": Q}], "best_of": 4,
+                "prune": True, "seed": 10, "selector": "verifier", "return_candidates": True})
+            await releaser
+            return r
+
+    r = asyncio.run(go())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["bon"]["search"]["candidates_pruned"] == 2
+    assert [c["state"] for c in out["bon"]["candidates"]] == ["pruned", "finished"] * 2
+    assert sorted(closed[:2]) == [10, 12]  # the pruned ones' streams, closed first
+    assert out["usage"]["prompt_tokens"] == 7  # from the survivors' streams
+    assert out["usage"]["completion_tokens"] == 2 * 3 + 2 * 5
+
+
 def test_health_follows_the_upstream_and_its_model():
     async def go(gen: UpstreamGenerator):
         try:
@@ -1053,6 +1221,44 @@ def test_proxy_disconnect_aborts_the_upstream_request(proxy, upstreams):
         tokens,
     )
     assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
+
+
+@pytest.mark.engine
+def test_proxy_pruning_aborts_exactly_the_pruned_upstream_requests(proxy, upstreams):
+    """Pruning in proxy mode, seen from the real upstream vLLM server (its own metrics): each
+    of 16 candidates of 460 tokens is its own streamed request; after the first step the
+    remote ORM ranks them, the proxy closes eight streams, and the upstream runs eight while
+    the survivors finish, its token counter ending near what the response reports."""
+    import concurrent.futures
+
+    from conftest import LONG_REQUEST
+
+    policy = upstreams["policy"]
+    tokens = policy.metric("vllm:generation_tokens_total")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
+            "best_of": 16, "prune": True, "selector": "verifier", "return_candidates": True}
+    seen: list[float] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(
+            httpx.post, f"{proxy.base_url}/v1/chat/completions", json=body, timeout=300
+        )
+        assert wait_for(lambda: seen.append(policy.metric("vllm:num_requests_running"))
+                        or seen[-1] == 8)
+        r = future.result()
+    assert r.status_code == 200, r.text
+    out = r.json()
+    search, cands = out["bon"]["search"], out["bon"]["candidates"]
+    assert search["candidates_pruned"] == 8 and search["candidates_finished"] == 8
+    assert all(0 < c["completion_tokens"] < 460 for c in cands if c["state"] == "pruned")
+    assert all(c["completion_tokens"] == 460 for c in cands if c["state"] == "finished")
+    assert out["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
+    assert out["usage"]["prompt_tokens"] > 0  # the upstream's count, from its streams
+    assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 0)
+    generated = policy.metric("vllm:generation_tokens_total") - tokens
+    counted = out["usage"]["completion_tokens"]
+    # an upstream notices a closed stream within a few of its steps
+    assert counted <= generated <= counted + 8 * 32
+    assert generated < 16 * 460
 
 
 @pytest.mark.engine

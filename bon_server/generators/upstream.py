@@ -1,4 +1,5 @@
-"""Proxy mode: candidates from any OpenAI-compatible server, one upstream call per request.
+"""Proxy mode: candidates from any OpenAI-compatible server, one upstream call per request
+(or per candidate, for pruning).
 
 ``bon-server serve --upstream http://policy:8000/v1`` runs no engine. Each Best-of-N
 request becomes ONE upstream call with ``n = best_of`` (so a vLLM upstream computes the
@@ -7,6 +8,9 @@ candidate must be complete before it can be scored. Chat prompts go to
 ``/chat/completions`` (the upstream renders its own chat template, exactly as the
 in-process generator renders the policy's), text and token-id prompts to
 ``/completions``.
+
+Pruning and scoring while decoding follow candidates one by one (``stream``): each is
+its own streamed upstream call with ``n = 1``, closed to abort it.
 
 What the upstream is asked for, beyond the OpenAI fields: vLLM's ``top_k``, ``min_p``,
 ``repetition_penalty`` and ``ignore_eos`` only when a request sets them, and
@@ -38,11 +42,11 @@ bon-server may start before its upstream (``/health`` is 503 until it answers).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError, UpstreamError
-from ..types import Candidate, Generation, Prompt, SamplingParams, TokenLogprob
+from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
 from ..upstream_client import ModelResolver, RemoteServer
 from .base import PreparedRequest
 
@@ -149,31 +153,60 @@ class UpstreamGenerator:
             raise UpstreamError(f"upstream reply has no choices: {exc!r}") from None
         if len(choices) != request.n:
             raise UpstreamError(f"upstream returned {len(choices)} choices for n={request.n}")
-        want_logprobs = request.params.logprobs is not None
-        parsed = [_parse_choice(c, chat, request.params.logprobs) for c in choices]
+        k = request.params.logprobs
+        parsed = [_parse_choice(c, chat, k) for c in choices]
         counts = _token_counts(parsed, usage.get("completion_tokens"))
-        candidates = []
-        for (text, finish, token_ids, entries), count in zip(parsed, counts, strict=True):
-            cumulative = None
-            logprobs = None
-            if want_logprobs:
-                if entries is None:
-                    raise UpstreamError("upstream returned no logprobs although they were asked")
-                cumulative = math.fsum(e.logprob for e in entries)
-                logprobs = _visible(entries, text, finish)
-            candidates.append(
-                Candidate(
-                    text=text,
-                    token_ids=token_ids if token_ids is not None else (-1,) * count,
-                    cumulative_logprob=cumulative,
-                    finish_reason=finish[0],  # type: ignore[arg-type]
-                    logprobs=logprobs,
-                )
-            )
+        candidates = [_candidate(p, count, k) for p, count in zip(parsed, counts, strict=True)]
         prompt_tokens = usage.get("prompt_tokens")
         if not isinstance(prompt_tokens, int):
             prompt_tokens = len(reply.get("prompt_token_ids") or ())
         return Generation(tuple(candidates), prompt_tokens=prompt_tokens)
+
+    # ------------------------------------------------------------------- stream
+
+    async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
+        """Candidate ``index`` of ``request`` alone, as it grows (for pruning): its own
+        streamed upstream request with ``n = 1``, seeded ``seed + index`` where the client
+        gave a seed, as in-process. Closing or cancelling the iteration closes the
+        connection, and vLLM aborts a request whose client goes away.
+
+        The last ``Progress`` (``done``) comes after ``[DONE]``, with the prompt's token
+        count from the stream's usage (``stream_options.include_usage``, standard OpenAI).
+        """
+        path, body = request.payload
+        chat = path == "/chat/completions"
+        body = {"model": await self.models.resolve(), **body, "n": 1, "stream": True,
+                "stream_options": {"include_usage": True}}
+        if "seed" in body:
+            body["seed"] += index
+        k = request.params.logprobs
+        grown = _Grown()
+        self._in_flight += 1
+        try:
+            async for event in self._events(path, body):
+                try:
+                    changed = grown.add(event, chat, k)
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                    raise UpstreamError(f"malformed upstream stream: {exc!r}") from None
+                if changed:
+                    yield Progress(grown.partial())
+            yield Progress(grown.final(k), done=True, prompt_tokens=grown.prompt_tokens)
+        finally:
+            self._in_flight -= 1
+
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """``remote.stream``, asking for token ids as ``_call`` does (once refused, never)."""
+        if self.ask_token_ids:
+            try:
+                async for event in self.remote.stream(path, {**body, "return_token_ids": True}):
+                    yield event
+                return
+            except InvalidRequestError as exc:  # raised on opening, before any event
+                if "return_token_ids" not in exc.message:
+                    raise
+            self.ask_token_ids = False
+        async for event in self.remote.stream(path, body):
+            yield event
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -237,6 +270,81 @@ def _parse_choice(choice: dict[str, Any], chat: bool, k: int | None) -> Parsed:
     if k is not None and raw:
         entries = _chat_entries(raw, k) if chat else _completion_entries(raw, k)
     return text, finish, token_ids, entries
+
+
+def _candidate(parsed: Parsed, count: int, k: int | None) -> Candidate:
+    """A whole choice as a candidate: ``count`` placeholder ids where the upstream sent
+    none; the cumulative and visible logprobs where they were asked for."""
+    text, finish, token_ids, entries = parsed
+    cumulative = logprobs = None
+    if k is not None:
+        if entries is None:
+            raise UpstreamError("upstream returned no logprobs although they were asked")
+        cumulative = math.fsum(e.logprob for e in entries)
+        logprobs = _visible(entries, text, finish)
+    return Candidate(
+        text=text,
+        token_ids=token_ids if token_ids is not None else (-1,) * count,
+        cumulative_logprob=cumulative,
+        finish_reason=finish[0],  # type: ignore[arg-type]
+        logprobs=logprobs,
+    )
+
+
+class _Grown:
+    """One streamed choice (``n = 1``) put together from its chunks."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ids: list[int] | None = None  # None until a chunk carries token_ids
+        self.entries: list[TokenLogprob] | None = None
+        self.chunks = 0  # content chunks: one token each, where nothing better counts them
+        self.reason: Any = None
+        self.stop_reason: Any = None
+        self.usage: dict[str, Any] = {}
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        count = self.usage.get("prompt_tokens")
+        return count if isinstance(count, int) else None
+
+    def add(self, event: dict[str, Any], chat: bool, k: int | None) -> bool:
+        """Take in one chunk; whether the candidate grew."""
+        self.usage = event.get("usage") or self.usage
+        grew = False
+        for choice in event.get("choices") or ():
+            text = (choice["delta"].get("content") if chat else choice["text"]) or ""
+            if not isinstance(text, str):
+                raise TypeError(f"a streamed text is {type(text).__name__}")
+            ids = choice.get("token_ids")
+            if isinstance(ids, list):
+                self.ids = (self.ids or []) + [int(t) for t in ids]
+            raw = choice.get("logprobs")
+            if k is not None and raw:
+                new = _chat_entries(raw, k) if chat else _completion_entries(raw, k)
+                self.entries = (self.entries or []) + new
+            if text or ids:
+                self.parts.append(text)
+                self.chunks += 1
+                grew = True
+            if choice.get("finish_reason") is not None:
+                self.reason = choice["finish_reason"]
+                self.stop_reason = choice.get("stop_reason")
+        return grew
+
+    def partial(self) -> Candidate:
+        ids = tuple(self.ids) if self.ids is not None else (-1,) * self.chunks
+        return Candidate("".join(self.parts), ids, None, "length")
+
+    def final(self, k: int | None) -> Candidate:
+        if not isinstance(self.reason, str) or self.reason not in FINISH_REASONS:
+            raise UpstreamError(f"upstream generation ended with {self.reason!r}")
+        finish = (FINISH_REASONS[self.reason], self.stop_reason)
+        ids = tuple(self.ids) if self.ids is not None else None
+        parsed = ("".join(self.parts), finish, ids, self.entries)
+        count = self.usage.get("completion_tokens")
+        count = count if isinstance(count, int) and count >= 0 else self.chunks
+        return _candidate(parsed, _token_counts([parsed], count)[0], k)
 
 
 def _chat_entries(raw: dict[str, Any], k: int) -> list[TokenLogprob]:

@@ -47,6 +47,7 @@ class Pruned:
     step_scores: tuple[tuple[float, ...], ...] | None
     rounds: int  # rounds that pruned something
     exposed_score_s: float  # scoring time not hidden behind decoding (after the last token)
+    prompt_tokens: int | None = None  # where the streams told it (an upstream's usage)
 
 
 def finished_lines(text: str) -> str:
@@ -160,6 +161,7 @@ async def draw_pruned(
         step_scores=tuple(map(tuple, step_scores)) if have_steps else None,
         rounds=rounds,
         exposed_score_s=exposed,
+        prompt_tokens=next((p.prompt_tokens for p in latest if p and p.prompt_tokens), None),
     )
 
 
