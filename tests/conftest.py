@@ -86,6 +86,34 @@ def assert_aborted(
     assert now - before < budget, f"{now - before:g} tokens generated: the request ran to its end"
 
 
+def pruned_long_request(base_url: str, running: Callable[[], float]) -> dict[str, Any]:
+    """POST sixteen candidates of 460 tokens each (ignore_eos), pruned to eight after the
+    first step, to the bon-server at ``base_url``; ``running`` (the engine's running count)
+    must reach 8 on the way. The response, checked for what pruning says happened."""
+    import concurrent.futures
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
+            "best_of": 16, "prune": True, "selector": "verifier", "return_candidates": True}
+    seen: list[float] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(httpx.post, f"{base_url}/v1/chat/completions", json=body,
+                             timeout=300)
+        # all sixteen run only until the first step (a moment a loaded machine's scrapes can
+        # miss); the eight survivors then run for seconds
+        assert wait_for(lambda: seen.append(running()) or seen[-1] == 8)
+        r = future.result()
+    assert r.status_code == 200, r.text
+    out = r.json()
+    search, cands = out["bon"]["search"], out["bon"]["candidates"]
+    assert search["candidates_pruned"] == 8 and search["candidates_finished"] == 8
+    pruned = [c for c in cands if c["state"] == "pruned"]
+    assert all(0 < c["completion_tokens"] < 460 for c in pruned)  # started, then stopped
+    assert all(c["completion_tokens"] == 460 for c in cands if c["state"] == "finished")
+    assert out["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
+    assert out["usage"]["prompt_tokens"] > 0
+    return out
+
+
 def send_long_chat(port: int, **extra: Any) -> socket.socket:
     """A ``LONG_REQUEST`` chat sent over a raw socket (so the test can hang up mid-request);
     the caller closes the returned socket."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 from asgi_app import app_with, chat_body, openai_error, running, sample, scenario
-from conftest import LONG_REQUEST, MODEL, Q, wait_for
+from conftest import pruned_long_request, wait_for
 
 from bon_server.config import Settings
 from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
@@ -136,29 +135,9 @@ def test_pruning_on_the_engine_stops_exactly_the_pruned(server):
     """Sixteen candidates of 460 tokens each (ignore_eos): after the first step the tiny ORM
     ranks them and eight are aborted; the engine holds eight, and its token counter ends at
     what the response reports, far below 16 x 460."""
-    import concurrent.futures
-
     tokens = server.metric("vllm:generation_tokens_total")
-    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
-            "best_of": 16, "prune": True, "selector": "verifier", "return_candidates": True}
-    seen: list[float] = []
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(
-            httpx.post, f"{server.base_url}/v1/chat/completions", json=body, timeout=300
-        )
-        # all sixteen run only until the first step (a moment a loaded machine's scrapes can
-        # miss); the eight survivors then run for seconds
-        assert wait_for(lambda: seen.append(server.metric("bon_engine_unfinished_requests"))
-                        or seen[-1] == 8)
-        r = future.result()
-    assert r.status_code == 200, r.text
-    out = r.json()
-    search, cands = out["bon"]["search"], out["bon"]["candidates"]
-    assert search["candidates_pruned"] == 8 and search["candidates_finished"] == 8
-    pruned = [c for c in cands if c["state"] == "pruned"]
-    assert all(0 < c["completion_tokens"] < 460 for c in pruned)  # started, then stopped
-    assert all(c["completion_tokens"] == 460 for c in cands if c["state"] == "finished")
-    assert out["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
+    unfinished = "bon_engine_unfinished_requests"
+    out = pruned_long_request(server.base_url, lambda: server.metric(unfinished))
     generated = server.metric("vllm:generation_tokens_total") - tokens
     # the engine made what the response counts (an abort lands within a step of the cancel)
     counted = out["usage"]["completion_tokens"]

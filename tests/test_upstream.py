@@ -34,6 +34,7 @@ from conftest import (
     ServerProcess,
     assert_aborted,
     chat,
+    pruned_long_request,
     rendered,
     send_long_chat,
     started,
@@ -1229,30 +1230,9 @@ def test_proxy_pruning_aborts_exactly_the_pruned_upstream_requests(proxy, upstre
     of 16 candidates of 460 tokens is its own streamed request; after the first step the
     remote ORM ranks them, the proxy closes eight streams, and the upstream runs eight while
     the survivors finish, its token counter ending near what the response reports."""
-    import concurrent.futures
-
-    from conftest import LONG_REQUEST
-
     policy = upstreams["policy"]
     tokens = policy.metric("vllm:generation_tokens_total")
-    body = {"model": MODEL, "messages": [{"role": "user", "content": Q}], **LONG_REQUEST,
-            "best_of": 16, "prune": True, "selector": "verifier", "return_candidates": True}
-    seen: list[float] = []
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(
-            httpx.post, f"{proxy.base_url}/v1/chat/completions", json=body, timeout=300
-        )
-        assert wait_for(lambda: seen.append(policy.metric("vllm:num_requests_running"))
-                        or seen[-1] == 8)
-        r = future.result()
-    assert r.status_code == 200, r.text
-    out = r.json()
-    search, cands = out["bon"]["search"], out["bon"]["candidates"]
-    assert search["candidates_pruned"] == 8 and search["candidates_finished"] == 8
-    assert all(0 < c["completion_tokens"] < 460 for c in cands if c["state"] == "pruned")
-    assert all(c["completion_tokens"] == 460 for c in cands if c["state"] == "finished")
-    assert out["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in cands)
-    assert out["usage"]["prompt_tokens"] > 0  # the upstream's count, from its streams
+    out = pruned_long_request(proxy.base_url, lambda: policy.metric("vllm:num_requests_running"))
     assert wait_for(lambda: policy.metric("vllm:num_requests_running") == 0)
     generated = policy.metric("vllm:generation_tokens_total") - tokens
     counted = out["usage"]["completion_tokens"]
