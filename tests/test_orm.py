@@ -150,3 +150,39 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path):
     path = build(tmp_path / "orm", 1)
     with pytest.raises(ValueError, match="CUDA"):
         ORMScorer.from_pretrained(str(path), device="cuda")
+
+
+# ------------------------------------------------ candidates that share their prompt
+
+PROMPTS = [
+    "<|bos|><|user|>Find a path from 12 to 57. Edges: 12>3, 3>57, 12>8, 8>41.<|end|><|assistant|>",
+    "<|bos|><|user|>Find a path from 40 to 9. Edges: 40>2, 2>9, 40>77, 77>5.<|end|><|assistant|>",
+]
+COMPLETIONS = ["12>3\n3>57\nThe answer is 12>3>57.", "12>8\nThe answer is 12>8>41.", "x", ""]
+
+
+def test_one_requests_candidates_are_grouped_on_their_prompt():
+    from bon_server.scorers.orm import share_prefixes
+
+    prompt = list(range(100, 140))  # 40 tokens
+    ids = [prompt + [1, 2, 3], [7] * 30, prompt + [1, 2], prompt + [9], prompt[:20] + [5] * 30]
+    def grouped(ids):
+        return sorted((sorted(g), shared) for g, shared in share_prefixes(ids))
+
+    # the three candidates of one prompt together, sharing the prompt (not the "1" only two
+    # have); the rest alone: a short common head is not worth a group
+    assert grouped(ids) == [([0, 2, 3], 40), ([1], 0), ([4], 0)]
+    same = [prompt + [1]] * 3  # identical texts: each keeps its last token
+    assert grouped(same) == [([0, 1, 2], 40)]
+    assert grouped([prompt[:10] + [1], prompt[:10] + [2]]) == [([0], 0), ([1], 0)]
+
+
+def test_scores_of_grouped_candidates_are_the_scores_of_each_alone(scorer):
+    texts = [p + c for p in PROMPTS for c in COMPLETIONS] + TEXTS
+    alone = [scorer.score_texts([t])[0] for t in texts]
+    together = scorer.score_texts(texts)
+    assert together == pytest.approx(alone, abs=1e-5)
+    ids = scorer.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    from bon_server.scorers.orm import share_prefixes
+
+    assert sum(1 for _, shared in share_prefixes(ids) if shared) == 2  # one group a prompt
