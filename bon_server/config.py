@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     verifier_device: str = Field("auto", description="torch device for the verifier: auto|cpu|cuda")
     verifier_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     verifier_batch_size: int = Field(64, ge=1, description="most texts per scoring forward pass")
+    verifier_share_prefix: bool = Field(
+        True,
+        description="in-process ORM: run the prompt that a request's candidates share once, "
+        "not once per candidate (same scores, less compute)",
+    )
 
     # proxy mode (issue 5): candidates from an OpenAI-compatible server, scores from a pooling one
     upstream: str | None = Field(

@@ -186,3 +186,16 @@ def test_scores_of_grouped_candidates_are_the_scores_of_each_alone(scorer):
     from bon_server.scorers.orm import share_prefixes
 
     assert sum(1 for _, shared in share_prefixes(ids) if shared) == 2  # one group a prompt
+
+
+def test_sharing_is_a_server_setting(tmp_path):
+    from bon_server.config import Settings
+    from bon_server.scorers import build_scorer
+
+    path = str(build(tmp_path / "orm", 1))
+    assert build_scorer(Settings(verifier=path)).share_prefix is True
+    full = build_scorer(Settings(verifier=path, verifier_share_prefix=False))
+    assert full.share_prefix is False
+    texts = [PROMPTS[0] + c for c in COMPLETIONS]
+    shared = build_scorer(Settings(verifier=path))
+    assert full.score_texts(texts) == pytest.approx(shared.score_texts(texts), abs=1e-5)

@@ -31,6 +31,7 @@ def build_scorer(settings: Settings) -> Scorer | None:
             device=settings.verifier_device,
             dtype=settings.verifier_dtype,
             batch_size=settings.verifier_batch_size,
+            share_prefix=settings.verifier_share_prefix,
         )
     from .prm import PRMScorer
 

@@ -47,12 +47,18 @@ class ORMScorer:
         self.device = next(model.parameters()).device
         self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
         self._torch = torch
-        self.share_prefix = share_prefix  # False: every text in full (for comparisons)
+        self.share_prefix = share_prefix  # False: every text in full (--no-verifier-share-prefix)
         self._batcher: MicroBatcher[str, float] = MicroBatcher(self.score_texts, batch_size)
 
     @classmethod
     def from_pretrained(
-        cls, path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 64
+        cls,
+        path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 64,
+        share_prefix: bool = True,
     ) -> ORMScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -64,7 +70,9 @@ class ORMScorer:
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        return cls(model.to(torch_device), tokenizer, batch_size=batch_size)
+        return cls(
+            model.to(torch_device), tokenizer, batch_size=batch_size, share_prefix=share_prefix
+        )
 
     def score_texts(self, texts: list[str]) -> list[float]:
         """Blocking forward passes; probability that each text ends in a correct answer.
