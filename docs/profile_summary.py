@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 
 # (stage, pattern on "file:function"), innermost match wins; order breaks ties within a frame
 STAGES = [
+    # vLLM's shared-memory queue: a reader busy-polls (sched_yield) for 1 s after each read
+    ("waiting on the shm queue (spin)", r"shm_broadcast|distributed/utils\.py:sched_yield"),
     ("model forward (torch)", r"torch/|vllm/model_executor/"),
     ("sampler", r"vllm/v1/sample/"),
     ("engine scheduler", r"vllm/v1/core/"),
@@ -59,6 +61,8 @@ def summarize(path: str) -> str:
     lines = []
     for pid, stages in sorted(seconds.items(), key=lambda kv: -sum(kv[1].values())):
         total = sum(stages.values())
+        if total < 0.1:
+            continue  # helpers (multiprocessing's resource tracker)
         lines.append(f"\n{names.get(pid) or 'process'} (pid {pid}): {total:.1f} CPU s sampled")
         lines.append("| stage | CPU s | share |")
         lines.append("|---|---|---|")
@@ -69,17 +73,15 @@ def summarize(path: str) -> str:
 
 
 def role(stack: list[str], known: str | None) -> str | None:
-    """What a process is, from any of its stacks (the first that tells)."""
+    """What a process is: py-spy roots a subprocess's stacks at its ancestors' command lines
+    (``process PID:"CMD"`` frames), the innermost being its own."""
     if known is not None:
         return known
-    text = " ".join(stack)
-    if "bon_server" in text or "uvicorn" in text:
-        return "bon-server"
-    if "worker_main" in text or "WorkerProc" in text:
-        return "vLLM worker"
-    if "EngineCore" in text or "engine/core.py" in text:
-        return "vLLM EngineCore"
-    return None
+    own = [f for f in stack if f.startswith(":process ")]
+    if not own:
+        return None
+    command = own[-1].split(':"', 1)[-1].rstrip('"')
+    return command.split(" --")[0].split("/")[-1][-60:]
 
 
 if __name__ == "__main__":
