@@ -776,6 +776,37 @@ def test_a_stream_that_cannot_open_is_retried_then_mapped():
     assert len(up.posts) == 1  # a 4xx is never retried
 
 
+def test_closing_a_candidate_closes_its_upstream_stream_at_once():
+    """Closing the iteration (what pruning does) closes the HTTP stream there and then, not
+    when the generators are collected: that close is what aborts the request upstream."""
+    closed: list[bool] = []
+
+    class Body(httpx.AsyncByteStream):  # as a connection: its aclose() is the hang-up
+        async def __aiter__(self):
+            yield sse(chunk("1 + 1 = 2\n", [1, 2, 3]), done=False)
+            await asyncio.sleep(60)
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Body())
+
+    async def go():
+        gen = UpstreamGenerator(
+            RemoteServer("http://up.test/v1", transport=httpx.MockTransport(handler)),
+            model_name="x", upstream_model="m",
+        )
+        follow = gen.stream(gen.prepare(CHAT, SamplingParams(), 4), 0)
+        assert (await follow.__anext__()).text == "1 + 1 = 2\n"
+        assert gen.num_unfinished() == 1 and closed == []
+        await follow.aclose()
+        assert closed == [True] and gen.num_unfinished() == 0
+        await gen.aclose()
+
+    asyncio.run(go())
+
+
 def test_pruning_in_proxy_mode_closes_the_pruned_streams():
     """Four candidates each write a step, then would take a minute for the rest: the ORM
     ranks them on that step, the lowest two are pruned, and exactly their upstream streams
@@ -1239,6 +1270,28 @@ def test_proxy_pruning_aborts_exactly_the_pruned_upstream_requests(proxy, upstre
     # an upstream notices a closed stream within a few of its steps
     assert counted <= generated <= counted + 8 * 32
     assert generated < 16 * 460
+
+
+@pytest.mark.engine
+def test_a_client_leaving_a_pruned_proxy_request_closes_every_stream(proxy, upstreams):
+    """Pruning in proxy mode holds one upstream stream per candidate: a client that hangs up
+    while they run (before the first step, or among the survivors) leaves none running."""
+    policy = upstreams["policy"]
+    running = lambda: policy.metric("vllm:num_requests_running")  # noqa: E731
+    tokens = policy.metric("vllm:generation_tokens_total")
+    sock = send_long_chat(proxy.port, best_of=16, prune=True, selector="verifier")
+    try:
+        assert wait_for(lambda: running() > 0)
+        assert wait_for(lambda: policy.metric("vllm:generation_tokens_total") > tokens)
+    finally:
+        sock.close()
+    assert_aborted(
+        lambda: policy.metric("vllm:generation_tokens_total"),
+        lambda: running() + policy.metric("vllm:num_requests_waiting"),
+        tokens,
+        budget=16 * 460,
+    )
+    assert wait_for(lambda: proxy.metric("bon_engine_unfinished_requests") == 0)
 
 
 @pytest.mark.engine

@@ -41,6 +41,7 @@ bon-server may start before its upstream (``/health`` is 503 until it answers).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -183,30 +184,38 @@ class UpstreamGenerator:
         grown = _Grown()
         self._in_flight += 1
         try:
-            async for event in self._events(path, body):
-                try:
-                    changed = grown.add(event, chat, k)
-                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-                    raise UpstreamError(f"malformed upstream stream: {exc!r}") from None
-                if changed:
-                    yield Progress(grown.partial())
+            async with contextlib.aclosing(self._events(path, body)) as events:
+                async for event in events:
+                    try:
+                        changed = grown.add(event, chat, k)
+                    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                        raise UpstreamError(f"malformed upstream stream: {exc!r}") from None
+                    if changed:
+                        yield Progress(grown.partial())
             yield Progress(grown.final(k), done=True, prompt_tokens=grown.prompt_tokens)
         finally:
             self._in_flight -= 1
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        """``remote.stream``, asking for token ids as ``_call`` does (once refused, never)."""
+        """``remote.stream``, asking for token ids as ``_call`` does (once refused, never).
+        Every stream is closed as soon as its reader stops (``aclosing``), not when
+        collected: closing it is what aborts the candidate upstream."""
         if self.ask_token_ids:
+            started = False
             try:
-                async for event in self.remote.stream(path, {**body, "return_token_ids": True}):
-                    yield event
+                tagged = self.remote.stream(path, {**body, "return_token_ids": True})
+                async with contextlib.aclosing(tagged) as events:
+                    async for event in events:
+                        started = True
+                        yield event
                 return
-            except InvalidRequestError as exc:  # raised on opening, before any event
-                if "return_token_ids" not in exc.message:
+            except InvalidRequestError as exc:  # refused on opening: ask again without it
+                if started or "return_token_ids" not in exc.message:
                     raise
             self.ask_token_ids = False
-        async for event in self.remote.stream(path, body):
-            yield event
+        async with contextlib.aclosing(self.remote.stream(path, body)) as events:
+            async for event in events:
+                yield event
 
     # ---------------------------------------------------------------- lifecycle
 
