@@ -78,7 +78,7 @@ def create_app(
             max_best_of=settings.max_best_of,
             default_selector=settings.default_selector
             or ("verifier" if verifier is not None else "majority"),
-            answer_rules=settings.answer_rules,
+            answer_rules=settings.voting_rules,
             max_tokens_limit=settings.max_tokens_limit,
             adaptive=settings.adaptive,
             adaptive_params=Adaptive(

@@ -144,7 +144,10 @@ class Settings(BaseSettings):
     default_selector: str | None = Field(
         None, description="None: verifier if loaded, else majority"
     )
-    answer_rules: Annotated[tuple[str, ...], NoDecode] = DEFAULT_RULES
+    answer_rules: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, description="answer extraction for voting; None: the served world's rules "
+        "(Countdown: expression_value), else final_line,boxed"
+    )
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on max_tokens per request")
     keepalive_interval_s: float = Field(2.0, gt=0, description="SSE comment period while sampling")
     # adaptive sampling: the defaults of requests that do not say (``adaptive``, ``adaptive_*``)
@@ -180,8 +183,8 @@ class Settings(BaseSettings):
     ui: bool = Field(True, description="serve the candidate page at /ui (--no-ui: off)")
     world: str | None = Field(
         None,
-        description="the world the policy solves, for /v1/bon/problem (default: the one in the "
-        "policy's training_config.json; needed in proxy mode)",
+        description="the world the policy solves, for /v1/bon/problem and voting (default: the "
+        "one in the policy's training_config.json; needed in proxy mode)",
     )
 
     # engine
@@ -222,8 +225,8 @@ class Settings(BaseSettings):
 
     @field_validator("answer_rules", mode="before")
     @classmethod
-    def _rules(cls, value: object) -> tuple[str, ...]:
-        return check_rules(_string_list(value))
+    def _rules(cls, value: object) -> tuple[str, ...] | None:
+        return None if value is None else check_rules(_string_list(value))
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -280,6 +283,17 @@ class Settings(BaseSettings):
         from .tasks import policy_world
 
         return policy_world(self.model)
+
+    @property
+    def voting_rules(self) -> tuple[str, ...]:
+        """``answer_rules``, else the served world's (``Task.answer_rules``), else the default."""
+        if self.answer_rules is not None:
+            return self.answer_rules
+        from .tasks import TASKS
+
+        task = TASKS.get(self.served_world or "")
+        # a world this server does not know (a newer policy of ours) votes by the default rules
+        return DEFAULT_RULES if task is None else tuple(task.answer_rules)
 
     @property
     def model_name(self) -> str:

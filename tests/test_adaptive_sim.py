@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bon_server.search import Adaptive
@@ -57,3 +58,19 @@ def test_the_command_prints_the_grid(tmp_path: Path, capsys):
     assert "3 requests of cap 16" in out and "fixed N: accuracy 1.000" in out
     row = out.strip().splitlines()[-1].split()
     assert row[:3] == ["4", "4", "0.95"] and row[3] == f"{(4 + 4 + 12) / 3:.1f}"
+
+
+def test_answer_rules_re_extract_the_vote(tmp_path: Path, capsys):
+    """Countdown: three ways of writing 14 lose to two copies of 11 by text, win by value."""
+    writings = [("3 * 4 + 2", True), ("2 + 3 * 4", True), ("4 * 3 + 2", True),
+                ("2 * 4 + 3", False), ("2 * 4 + 3", False)]
+    rows = [dataclasses.replace(rec(0, i, text, right), completion=f"The answer is {text}.")
+            for i, (text, right) in enumerate(writings)]
+    path = tmp_path / "samples.jsonl"
+    write_jsonl(str(path), rows)
+    args = ["--samples", str(path), "--cap", "5", "--waves", "5", "--mins", "5",
+            "--confidences", "0.9"]
+    main(args)
+    assert "fixed N: accuracy 0.000" in capsys.readouterr().out
+    main([*args, "--answer-rules", "expression_value"])
+    assert "fixed N: accuracy 1.000" in capsys.readouterr().out

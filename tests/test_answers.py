@@ -94,7 +94,7 @@ def test_last_number_none():
 
 def test_default_rules_are_final_line_then_boxed():
     assert DEFAULT_RULES == ("final_line", "boxed")
-    assert set(ANSWER_RULES) == {"final_line", "boxed", "last_number"}
+    assert set(ANSWER_RULES) == {"final_line", "boxed", "last_number", "expression_value"}
 
 
 def test_extract_answer_first_matching_rule_wins():
@@ -169,6 +169,43 @@ def test_check_rules_lists_valid_names(names):
     with pytest.raises(ValueError) as info:
         check_rules(names)
     message = str(info.value)
-    assert "boxed, final_line, last_number" in message
+    assert "boxed, expression_value, final_line, last_number" in message
     if names:
         assert "nope" in message
+
+
+# ------------------------------------------------------------------ Countdown's vote
+
+
+def _countdown(expression: str) -> str | None:
+    return extract_answer(f"12 - 7 = 5\nThe answer is {expression}.", ("expression_value",))
+
+
+def test_expression_value_makes_every_way_of_writing_one_answer_one_vote():
+    same = {_countdown(e) for e in ("(12 - 7) * 3 + 1", "1 + 3 * (12 - 7)",
+                                    "3*(12-7)+1", "((12 - 7) * 3) + 1")}
+    assert same == {"[1,3,7,12]->16"}
+
+
+@pytest.mark.parametrize("other", [
+    "(12 - 7) * 3 + 2",      # another value
+    "12 - 7 * 3 + 1",        # the same numbers, precedence: -8
+    "(11 - 7) * 4",          # same value, other numbers
+    "(12 - 7) * 3 + 1 + 0",  # one number more
+])
+def test_expression_value_keeps_other_answers_apart(other):
+    assert _countdown(other) != _countdown("(12 - 7) * 3 + 1")
+
+
+@pytest.mark.parametrize("junk", ["-3 + 19", "16", "(12 - 7", "twelve", "1 + " * 80 + "1"])
+def test_expression_value_falls_back_to_the_text_the_checker_refuses(junk):
+    # "16" parses (a one-number expression); the rest are refused and vote as text
+    found = _countdown(junk)
+    if junk == "16":
+        assert found == "[16]->16"
+    else:
+        assert found == normalize_answer(junk)
+
+
+def test_expression_value_without_an_answer_line_is_none():
+    assert extract_answer("12 - 7 = 5", ("expression_value",)) is None

@@ -86,7 +86,7 @@ def test_verifier_kind_has_choices(capsys):
 def test_answer_rules_comma_separated():
     action = serve_action(build_parser(), "--answer-rules")
     assert "comma-separated" in action.help
-    assert "[final_line,boxed]" in action.help
+    assert "else final_line,boxed" in action.help and "expression_value" in action.help
     args = parse("--answer-rules", "boxed, last_number")
     assert Settings(**args).answer_rules == ("boxed", "last_number")
 

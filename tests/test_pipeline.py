@@ -160,6 +160,19 @@ def test_answer_rules_come_from_policy():
     assert result.order[0] == 0
 
 
+def test_countdown_votes_merge_the_ways_of_writing_one_answer():
+    texts = ("The answer is 3 * 4 + 2.", "The answer is 2 + 3 * 4.", "The answer is 4 * 3 + 2.",
+             "The answer is 2 * 4 + 3.", "The answer is 2 * 4 + 3.")
+    pipeline, _ = make(texts=texts, answer_rules=("expression_value",))
+    _, result = run(pipeline, best_of=5, selector="majority")
+    assert result.answers[:3] == ("[2,3,4]->14",) * 3
+    assert result.order[0] == 0  # three ways to write 14 outvote two copies of 11
+    # by text, the two copies of the wrong one would have won
+    pipeline, _ = make(texts=texts)
+    _, result = run(pipeline, best_of=5, selector="majority")
+    assert result.order[0] == 3
+
+
 def test_verifier_run_uses_scorer():
     pipeline, _ = make(scorer=ConstantScorer([0.1, 0.9, 0.4, 0.3]))
     _, result = run(pipeline, best_of=4, selector="verifier")

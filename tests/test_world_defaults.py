@@ -71,3 +71,45 @@ def test_serving_defaults_pick_what_evaluated_best():
     assert s["method"] == "majority" and s["verifier"] is None  # ties go to voting
     s = serving_defaults(_eval(majority=0.5, weighted_majority_prm=0.6), "countdown")
     assert (s["default_selector"], s["prm_aggregation"]) == ("weighted_majority", "min")
+
+
+# ------------------------------------------------------------------ the world's vote
+
+
+def test_a_countdown_policy_votes_by_value_and_numbers_unless_told_otherwise():
+    from conftest import ROOT
+
+    from bon_server.answers import DEFAULT_RULES
+
+    embedded = ROOT / "bon_server" / "embedded"
+    for name in ("countdown-policy", "countdown-policy-rsft"):
+        assert Settings(model=str(embedded / name)).voting_rules == ("expression_value",)
+    assert Settings(model=str(embedded / "paths-policy")).voting_rules == DEFAULT_RULES
+    assert Settings(model=str(embedded / "arith-policy")).voting_rules == DEFAULT_RULES
+    explicit = Settings(model=str(embedded / "countdown-policy"), answer_rules="final_line")
+    assert explicit.voting_rules == ("final_line",)
+    # proxy mode knows the world only when told
+    proxy = Settings(upstream="http://127.0.0.1:9/v1", world="countdown")
+    assert proxy.voting_rules == ("expression_value",)
+    assert Settings(upstream="http://127.0.0.1:9/v1").voting_rules == DEFAULT_RULES
+
+
+def test_the_tasks_rules_are_valid_and_agree_with_the_checker():
+    """Whatever a world's rules extract, two completions with the same extracted answer
+    are both right or both wrong (the vote never merges a right answer with a wrong one)."""
+    import random
+
+    from bon_server.answers import check_rules, extract_answer
+    from bon_server.tasks import TASKS
+
+    for task in TASKS.values():
+        check_rules(task.answer_rules)
+    task = TASKS["countdown"]
+    rng = random.Random(0)
+    for problem in task.problems(200, seed=7):
+        right = task.reference(problem)
+        wrong = task.corrupt(problem, right, rng)
+        key = extract_answer(right, task.answer_rules)
+        assert key == extract_answer(f"The answer is {problem.answer}.", task.answer_rules)
+        if wrong is not None:
+            assert extract_answer(wrong, task.answer_rules) != key

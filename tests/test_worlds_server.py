@@ -2,6 +2,7 @@
 ``serving.json``, where it ships one, sets the verifier and selector; else majority), on the
 real engine, answering its world's fresh problems.
 
+Countdown votes by an answer's value and numbers: every right candidate carries one answer.
 On seeded best_of=16 requests the selector's pick must be right on some request where
 candidate 0 (what best_of=1 would have returned) is wrong, and every request's usage must
 count all 16 candidates.
@@ -68,6 +69,10 @@ def test_shipped_world_picks_right_where_candidate_zero_is_wrong(name, tmp_path)
             assert bon["selector"] == selector and len(bon["candidates"]) == 16
             assert data["usage"]["completion_tokens"] == sum(
                 c["completion_tokens"] for c in bon["candidates"])
+            if world == "countdown":  # the world's vote: one answer for every right way
+                key = f"[{','.join(map(str, sorted(problem.numbers)))}]->{problem.target}"
+                for c in bon["candidates"]:
+                    assert (c["answer"] == key) == task.check(problem, c["text"]), c
             chosen = task.check(problem, data["choices"][0]["message"]["content"])
             zero = task.check(problem, bon["candidates"][0]["text"])
             picked, first = picked + chosen, first + zero

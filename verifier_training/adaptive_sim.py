@@ -12,17 +12,20 @@ request is right when the candidate the selector returns is right (the record's
 checker verdict). Tokens are the drawn candidates' ``completion_tokens``. The grid runs
 over wave sizes, minimums and confidences; the table prints the fraction of fixed N's
 tokens and the accuracy change, so a server's ``--adaptive-*`` defaults can be chosen
-from the policy's own samples.
+from the policy's own samples. Votes are on the records' answers (the world's rules when
+``sample`` wrote them); ``--answer-rules`` re-extracts them by other rules.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bon_server.answers import check_rules, extract_answer
 from bon_server.search import Adaptive, should_stop, wave_sizes
 from bon_server.selectors import SELECTORS, SelectorInput
 from bon_server.types import Candidate
@@ -86,9 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--waves", default="1,2,4", help="comma-separated wave sizes to try")
     p.add_argument("--mins", default="2,3,4", help="comma-separated minimums to try")
     p.add_argument("--confidences", default="0.8,0.9,0.95,0.99", help="comma-separated")
+    p.add_argument("--answer-rules", default=None,
+                   help="re-extract each completion's answer by these rules (comma-separated; "
+                   "e.g. final_line to vote on Countdown's text instead of its value) instead "
+                   "of the record's")
     args = p.parse_args(argv)
 
-    requests = blocks(read_samples(args.samples), args.cap)
+    samples = read_samples(args.samples)
+    if args.answer_rules:
+        rules = check_rules([r.strip() for r in args.answer_rules.split(",")])
+        samples = [dataclasses.replace(s, answer=extract_answer(s.completion, rules))
+                   for s in samples]
+    requests = blocks(samples, args.cap)
     if not requests:
         raise SystemExit(f"no problem has {args.cap} samples")
     fixed = replay(requests, None)

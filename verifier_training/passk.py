@@ -61,8 +61,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_correct(task, problem, texts: list[str]) -> bool:  # type: ignore[no-untyped-def]
-    """Is the most common extracted answer (None excluded, first seen wins ties) correct?"""
-    answers = [extract_answer(t) for t in texts]
+    """Is the most common extracted answer (by the world's rules: the server's vote; None
+    excluded, first seen wins ties) correct?"""
+    answers = [extract_answer(t, task.answer_rules) for t in texts]
     votes = Counter(a for a in answers if a is not None)
     if not votes:
         return False
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         passk.append(pass_at_k(len(texts), correct, args.k))
         majority.append(majority_correct(task, problem, texts))
         truncated += sum(o.finish_reason == "length" for o in output.outputs)
-        no_answer += sum(extract_answer(t) is None for t in texts)
+        no_answer += sum(extract_answer(t, task.answer_rules) is None for t in texts)
     samples = len(problems) * args.k
     result = {
         "model": args.model,

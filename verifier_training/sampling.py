@@ -122,7 +122,7 @@ async def sample_problem_records(
                 question=problem.question,
                 reference=reference,
                 completion=c.text,
-                answer=extract_answer(c.text),
+                answer=extract_answer(c.text, task.answer_rules),
                 correct=task.check(problem, c.text),
                 policy=policy,
                 temperature=temperature,

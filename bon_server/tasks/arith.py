@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..answers import extract_answer, normalize_answer
+from ..answers import DEFAULT_RULES, extract_answer, normalize_answer
 
 OPS: tuple[str, ...] = ("+", "-", "*")
 MIN_OPERANDS, MAX_OPERANDS = 2, 4
@@ -168,6 +168,7 @@ class ArithTask:
 
     name = "arith"
     system_prompt = "You are a helpful assistant that is good at arithmetic."
+    answer_rules = DEFAULT_RULES
 
     def sample(self, rng: random.Random) -> Problem:
         return sample_problem(rng)

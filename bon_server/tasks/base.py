@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..answers import final_line
+from ..answers import DEFAULT_RULES, final_line
 
 # The held-out stream: evaluation problems are drawn from this seed, and the first
 # HELD_OUT of them are kept out of every training stream by prompt.
@@ -32,6 +32,9 @@ class Problem(Protocol):
 class Task(Protocol):
     name: str
     system_prompt: str  # the SFT chat's system message ("" for none)
+    # how an answer is extracted for voting (``bon_server.answers`` rule names): two
+    # completions give the same answer when these rules extract the same string
+    answer_rules: tuple[str, ...] = DEFAULT_RULES
 
     def problems(self, count: int, seed: int) -> list[Any]:
         """``count`` problems from their own ``random.Random(seed)`` stream."""

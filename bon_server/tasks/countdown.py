@@ -302,6 +302,8 @@ _QUESTION = re.compile(
 class CountdownTask:
     name = "countdown"
     system_prompt = ""
+    # vote on what makes an answer right (its value and numbers), not on how it is written
+    answer_rules = ("expression_value",)
 
     def sample(self, rng: random.Random) -> Problem:
         k = rng.randint(MIN_NUMBERS, MAX_NUMBERS)

@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..answers import DEFAULT_RULES
 from .base import answer_line
 
 MIN_ARMS, MAX_ARMS = 2, 4
@@ -140,6 +141,7 @@ _QUESTION = re.compile(r"^Find a path from (\d+) to (\d+)\. Edges: (\d+>\d+(?:, 
 class PathsTask:
     name = "paths"
     system_prompt = ""
+    answer_rules = DEFAULT_RULES  # a right path is one string: the tree has one way through
 
     def sample(self, rng: random.Random) -> Problem:
         arms = rng.randint(MIN_ARMS, MAX_ARMS)
