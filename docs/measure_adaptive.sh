@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The README's adaptive table: adaptive at cap 16 against fixed best_of=16, per world, through
-# the running server (the embedded policies, majority). Writes runs/adaptive/v2-<world>/.
+# the running server (the embedded policies, majority: Countdown votes by an answer's value and
+# numbers, its world's rule). Writes runs/adaptive/v2-<world>/.
+# Usage: bash docs/measure_adaptive.sh [WORLD ...]   (default: arith countdown)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for world in arith countdown; do
+mkdir -p runs/adaptive
+worlds=("$@")
+[ ${#worlds[@]} -gt 0 ] || worlds=(arith countdown)
+for world in "${worlds[@]}"; do
   port=8011
   model=bon_server/embedded/${world}-policy
   .venv/bin/bon-server serve --port $port --model $model > runs/adaptive/server-$world.log 2>&1 &
