@@ -89,7 +89,8 @@ def create_app(
             ),
             prune=settings.prune,
             prune_params=Prune(
-                every=settings.prune_every, keep=settings.prune_keep, rounds=settings.prune_rounds
+                every=settings.prune_every, keep=settings.prune_keep, rounds=settings.prune_rounds,
+                distinct=settings.prune_distinct,
             ),
             score_while_decoding=settings.score_while_decoding,
         )

@@ -173,6 +173,10 @@ class Settings(BaseSettings):
         0.5, gt=0.0, le=1.0, description="prune: share of unfinished candidates a round keeps"
     )
     prune_rounds: int = Field(1, ge=1, le=128, description="prune: pruning rounds")
+    prune_distinct: bool = Field(
+        False,
+        description="prune: among equal scores keep different prefixes before repeats of one",
+    )
     score_while_decoding: bool = Field(
         False,
         description="fixed N with a verifier: one engine (or upstream) request per candidate, "

@@ -125,6 +125,7 @@ class _Common(RequestModel):
     prune_every: Count | None = None
     prune_keep: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     prune_rounds: Count | None = None
+    prune_distinct: bool | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
     top_k: Annotated[Integer, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -170,6 +171,7 @@ class _Common(RequestModel):
                 "every": self.prune_every,
                 "keep": self.prune_keep,
                 "rounds": self.prune_rounds,
+                "distinct": self.prune_distinct,
             },
         }
 

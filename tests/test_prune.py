@@ -87,6 +87,28 @@ def test_candidates_that_end_before_a_round_are_kept():
     assert bon["search"]["candidates_pruned"] == 2
 
 
+def test_distinct_keeps_different_prefixes_before_repeats_of_one():
+    """Equal scores (a verifier that cannot tell prefixes apart): by start order the two kept
+    are both ``A``; with ``prune_distinct`` one ``A`` and the ``B``."""
+    a = "1 + 1 = 2\n" + "2 + 2 = 4\n" * 3 + "The answer is 4."
+    b = "1 + 2 = 3\n" + "3 + 3 = 6\n" * 3 + "The answer is 6."
+    generator = ScriptedGenerator((a, a, a, b), delay_s=0.05)
+    app = app_with(generator, ConstantScorer((0.5,)))
+
+    def kept(**options):
+        bon = ask(app, best_of=8, prune=True, prune_keep=0.25, return_candidates=True,
+                  **options).json()["bon"]
+        return [i for i, c in enumerate(bon["candidates"]) if c["state"] == "finished"]
+
+    assert kept() == [0, 1]
+    assert kept(prune_distinct=True) == [0, 3]
+    server_default = app_with(ScriptedGenerator((a, a, a, b), delay_s=0.05),
+                              ConstantScorer((0.5,)), prune_distinct=True)
+    bon = ask(server_default, best_of=8, prune=True, prune_keep=0.25,
+              return_candidates=True).json()["bon"]
+    assert [i for i, c in enumerate(bon["candidates"]) if c["state"] == "finished"] == [0, 3]
+
+
 def test_prune_is_refused_where_it_cannot_run():
     err = openai_error(ask(app_with(), best_of=8, prune=True), 400)  # no verifier
     assert err["param"] == "prune" and "verifier" in err["message"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bon_server.tasks import get_task
-from verifier_training.distill import pick_solutions
+from verifier_training.distill import pick_solutions, verifier_kept
 from verifier_training.records import SampleRecord
 from verifier_training.rsft import kept_figures
 from verifier_training.selection import preference_pairs, select
@@ -163,6 +163,15 @@ def test_teacher_picks_as_the_server_would() -> None:
     by_problem = {r.problem_id: r for r in picks}
     assert by_problem["train-99-00000"].correct
     assert by_problem["train-99-00002"].answer == SAMPLES[9].answer
+
+
+def test_distills_verifier_filter_keeps_a_threshold_then_the_best_share() -> None:
+    picks = pick_solutions(SAMPLES, "majority")
+    scores = {r.key: s for r, s in zip(picks, (0.9, 0.2, 0.6, 0.4), strict=True)}
+    assert verifier_kept(picks, scores, 0.5) == [picks[0], picks[2]]
+    assert verifier_kept(picks, scores, 0.0, top_fraction=0.5) == [picks[0], picks[2]]
+    assert verifier_kept(picks, scores, 0.0, top_fraction=0.25) == [picks[0]]
+    assert verifier_kept(picks, scores, 0.7, top_fraction=0.5) == [picks[0]]
 
 
 def test_checker_with_exact_steps_drops_right_answers_reached_through_a_forged_step() -> None:

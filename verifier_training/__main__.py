@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("verifier_training.evaluate", "Best-of-N curves, PRM first-error F1, plots"),
     "adaptive": ("verifier_training.adaptive_sim",
                  "replay adaptive sampling's stopping rule over samples: tokens vs accuracy"),
+    "prune": ("verifier_training.prune_sim",
+              "replay pruning over samples: tokens vs accuracy, prefix signal by step"),
     "ceilings": ("verifier_training.ceilings", "Best-of-N ceilings: exact step checker, policy"),
     "probe-steps": ("verifier_training.probe_steps", "how learnable one-step checking is: AUC"),
     "probe-lookups": ("verifier_training.probe_lookups",

@@ -13,7 +13,8 @@ same teacher solutions, one student per filter (TRL's ``SFTTrainer``, ``--steps`
 
     none      every teacher solution (what distilling an unchecked teacher gives);
     checker   only those the ground truth accepts;
-    verifier  only those the verifier scores at least ``--threshold`` (no ground truth).
+    verifier  only those the verifier scores at least ``--threshold``, and of those the best
+              ``--top-fraction`` by that score (no ground truth).
 
 Each student is measured on the held-out problems (pass@1, pass@K, majority@K). Output under
 ``--out``: ``teacher.jsonl`` (every teacher sample), ``solutions.jsonl`` (the picks),
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prm-aggregation", default="min", help="how a PRM's step scores combine")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="verifier filter: keep a solution whose score reaches this")
+    p.add_argument("--top-fraction", type=float, default=1.0,
+                   help="verifier filter: then keep only this share, the best scored")
     p.add_argument("--eval-problems", type=int, default=500,
                    help="held-out problems each student is measured on (0: not measured)")
     p.add_argument("--eval-k", type=int, default=16, help="samples per held-out problem")
@@ -91,6 +94,15 @@ def pick_solutions(records, selector: str, scores=None) -> list[Any]:  # type: i
                             verifier_scores=[scores[r.key] for r in usable] if scores else None)
         out.append(usable[SELECTORS[selector](inp).order[0]])
     return out
+
+
+def verifier_kept(solutions, scores, threshold: float, top_fraction: float = 1.0):  # type: ignore[no-untyped-def]
+    """The solutions the verifier filter keeps: scored at least ``threshold``, then the best
+    ``top_fraction`` of all solutions by score (ties to the earlier one), in their order."""
+    passing = [r for r in solutions if scores[r.key] >= threshold]
+    room = int(round(top_fraction * len(solutions)))
+    best = sorted(range(len(passing)), key=lambda i: -scores[passing[i].key])[:room]
+    return [passing[i] for i in sorted(best)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "checker":
             kept = [r for r in solutions if r.correct]
         else:
-            kept = [r for r in solutions if scores[r.key] >= args.threshold]
+            kept = verifier_kept(solutions, scores, args.threshold, args.top_fraction)
         out = os.path.join(args.out, f"student-{name}")
         if not kept:
             print(f"filter {name}: no teacher solution kept, no student trained")

@@ -35,6 +35,7 @@ class Prune:
     every: int = 1  # steps between pruning rounds (a round at 1, 2, ... x every steps)
     keep: float = 0.5  # share of the unfinished candidates each round keeps
     rounds: int = 1  # pruning rounds (0: none; every candidate followed and scored as it ends)
+    distinct: bool = False  # among equal scores, a prefix's first holder before its repeats
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,8 @@ async def draw_pruned(
                 continue
             partial = [_partial(latest[i]) for i in racing]
             scores, steps = await score(partial)
-            order = sorted(range(len(racing)), key=lambda j: (-scores[j], racing[j]))
+            order = prune_order(scores, racing,
+                                [c.text for c in partial] if params.distinct else None)
             for j in order[keep:]:
                 i = racing[j]
                 if tasks[i].done():  # it ended while being scored: it stays
@@ -163,6 +165,24 @@ async def draw_pruned(
         exposed_score_s=exposed,
         prompt_tokens=next((p.prompt_tokens for p in latest if p and p.prompt_tokens), None),
     )
+
+
+def prune_order(scores: Sequence[float], starts: Sequence[int],
+                texts: Sequence[str] | None = None) -> list[int]:
+    """Positions of ``scores`` best first, ties to the earlier start; with ``texts``, among
+    equal scores every text's first holder goes ahead of the repeats (a repeated prefix
+    scores the same and opens no new path: where the verifier cannot separate prefixes,
+    keep as many different ones as it can). The replay (``verifier_training prune``) ranks
+    with this too."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], starts[j]))
+    if texts is None:
+        return order
+    seen: set[str] = set()
+    repeat = {}
+    for j in order:
+        repeat[j] = texts[j] in seen
+        seen.add(texts[j])
+    return sorted(order, key=lambda j: (-scores[j], repeat[j], starts[j]))
 
 
 def _partial(progress: Progress | None) -> Candidate:
