@@ -45,6 +45,7 @@ from .adaptive_sim import blocks
 from .records import SampleRecord, read_samples
 
 Scorer = Callable[[SampleRecord, str], float]  # (candidate, its judged prefix) -> score
+SIGNAL_STEPS = 3  # the prefix signal is printed for steps 1..3
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +128,9 @@ def exact_scorer() -> Scorer:
 
 
 def verifier_scorer(requests: Sequence[Sequence[SampleRecord]], *, orm: str | None,
-                    prm: str | None, aggregation: str, every: int, rounds: int,
-                    batch_size: int = 64) -> Scorer:
-    """Every prefix a replay can judge, scored once by the ORM or PRM, then looked up."""
+                    prm: str | None, aggregation: str, steps: int,
+                    batch_size: int = 64, progress: bool = True) -> Scorer:
+    """Every prefix of up to ``steps`` steps, scored once by the ORM or PRM, then looked up."""
     import dataclasses
 
     from bon_server.scorers.base import aggregate
@@ -138,13 +139,13 @@ def verifier_scorer(requests: Sequence[Sequence[SampleRecord]], *, orm: str | No
     from .evaluate import score_orm, score_prm
 
     wanted = {(s.question, p) for block in requests for s in block
-              for r in range(1, rounds + 1) if (p := prefix_at(s.completion, every * r))}
+              for k in range(1, steps + 1) if (p := prefix_at(s.completion, k))}
     stubs = [dataclasses.replace(requests[0][0], question=q, completion=p) for q, p in wanted]
     if orm:
-        table = score_orm(orm, stubs, batch_size, progress=True)
+        table = score_orm(orm, stubs, batch_size, progress=progress)
         return lambda record, prefix: table[(record.question, prefix)]
     steps = score_prm(prm, [(s.question, completion_steps(s.completion)) for s in stubs],  # type: ignore[arg-type]
-                      batch_size, progress=True)
+                      batch_size, progress=progress)
 
     def score(record: SampleRecord, prefix: str) -> float:
         got = steps[(record.question, tuple(completion_steps(prefix)))]
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also replay ranking each judged prefix's best holder ahead of its "
                         "repeats (a repeated prefix has the same score and adds no new start)")
     p.add_argument("--max-problems", type=int, default=None, help="replay only the first N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while scoring")
     args = p.parse_args(argv)
     if args.orm and args.prm:
         p.error("give one verifier: --orm or --prm")
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.orm or args.prm:
         scorers["orm" if args.orm else f"prm-{args.prm_aggregation}"] = verifier_scorer(
             requests, orm=args.orm, prm=args.prm, aggregation=args.prm_aggregation,
-            every=max(everies), rounds=args.rounds * max(everies))
+            steps=max(SIGNAL_STEPS, args.rounds * max(everies)), progress=not args.no_progress)
 
     fixed = replay(requests, scorers.get("none", lambda r, p: 0.0), count_tokens, keep=1.0)
     print(f"{len(requests)} requests of best_of {args.cap}; fixed N: perfect verifier "
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     print("prefix signal (pairwise accuracy of the prefix scores, would-be-right above "
           "would-be-wrong; 0.5 is none):")
     for name, score in scorers.items():
-        cells = [prefix_signal(requests, score, s) for s in range(1, 5)]
+        cells = [prefix_signal(requests, score, s) for s in range(1, SIGNAL_STEPS + 1)]
         print(f"  {name:>10}: " + "  ".join(f"step {s} {a:.3f} ({n} pairs)"
                                             for s, (a, n) in enumerate(cells, 1)))
     print(f"{'scorer':>10} {'distinct':>8} {'every':>5} {'keep':>5} {'pruned':>6} "
