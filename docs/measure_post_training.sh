@@ -58,3 +58,18 @@ echo "== done $(date +%T)"
 run dpo-rpo dpo --rule checker --sft-weight 1 --rounds 1 --out runs/rsft/dpo-rpo \
   --reuse-from runs/rsft/checker
 echo "== done (rpo) $(date +%T)"
+# 7. without ground truth, with the vote by value (README rows "rerun this session"): DPO (RPO)
+#    on the verifier's pairs, the verifier rule keeping its most confident 30%, and
+#    distillation of the improved policy answering by majority, its answers kept by the
+#    checker or by the verifier (the ORM's top half; its scores are all under 0.5, hence
+#    --threshold 0)
+run dpo-verifier dpo --rule verifier --orm runs/countdown/orm-post --sft-weight 1 --rounds 1 \
+  --out runs/rsft/dpo-verifier --reuse-from runs/rsft/checker
+run rsft-verifier-top30 rsft --rule verifier --orm runs/countdown/orm-post \
+  --selector weighted_majority --top-fraction 0.3 --per-problem 1 --rounds 3 \
+  --out runs/rsft/verifier-top30 --reuse-from runs/rsft/checker
+run distill-value distill --teacher bon_server/embedded/countdown-policy-rsft \
+  --teacher-best-of 16 --teacher-selector majority --student bon_server/embedded/countdown-policy \
+  --filters none,checker,verifier --orm runs/countdown/orm-post --threshold 0 --top-fraction 0.5 \
+  --problems 1000 --out runs/distill/rsft-bo16-value
+echo "== done (without ground truth) $(date +%T)"
