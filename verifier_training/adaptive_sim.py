@@ -53,7 +53,7 @@ def blocks(samples: Sequence[SampleRecord], cap: int) -> list[list[SampleRecord]
     return out
 
 
-def _majority_pick(block: Sequence[SampleRecord]) -> SampleRecord:
+def majority_pick(block: Sequence[SampleRecord]) -> SampleRecord:
     stubs = [Candidate(s.completion, (), None, "stop") for s in block]
     order = SELECTORS["majority"].fn(SelectorInput(stubs, [s.answer for s in block])).order
     return block[order[0]]
@@ -73,7 +73,7 @@ def replay(requests: Sequence[Sequence[SampleRecord]], params: Adaptive | None) 
                 answers = [s.answer for s in block[:drawn]]
                 if w < len(sizes) - 1 and should_stop("majority", answers, None, params):
                     break
-        chosen = _majority_pick(block[:drawn])
+        chosen = majority_pick(block[:drawn])
         right += chosen.correct
         tokens += sum(s.completion_tokens for s in block[:drawn])
         drawn_total += drawn

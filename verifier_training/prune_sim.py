@@ -32,16 +32,16 @@ would-be-wrong one (ties half): 0.5 is no signal.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bon_server.search.prune import prune_order
 from bon_server.tasks import get_task
 
-from .adaptive_sim import blocks
+from .adaptive_sim import blocks, majority_pick
 from .records import SampleRecord, read_samples
 
 Scorer = Callable[[SampleRecord, str], float]  # (candidate, its judged prefix) -> score
@@ -60,12 +60,12 @@ class Replay:
 def prefix_at(completion: str, steps: int) -> str | None:
     """The first ``steps`` finished lines of ``completion`` while it is still writing past
     them; None when it ended before (it is no longer racing at that boundary)."""
-    count = 0
-    for at, char in enumerate(completion):
-        if char == "\n":
-            count += completion[:at].rsplit("\n", 1)[-1].strip() != ""
-            if count == steps:
-                return completion[: at + 1] if at + 1 < len(completion) else None
+    count = end = 0
+    for line in completion.split("\n")[:-1]:  # the finished lines
+        end += len(line) + 1
+        count += line.strip() != ""
+        if count == steps:
+            return completion[:end] if end < len(completion) else None
     return None
 
 
@@ -92,21 +92,16 @@ def replay(requests: Sequence[Sequence[SampleRecord]], score: Scorer,
                 spent[i] = min(count_tokens(judged[i]), block[i].completion_tokens)  # type: ignore[arg-type]
         survivors = [block[i] for i in live]
         oracle += any(s.correct for s in survivors)
-        majority += _majority_right(survivors)
+        majority += majority_pick(survivors).correct
         tokens += sum(s.completion_tokens for s in survivors) + sum(spent.values())
         pruned_total += len(spent)
     n = len(requests)
     return Replay(oracle / n, majority / n, tokens / n, pruned_total / n, n)
 
 
-def _majority_right(survivors: Sequence[SampleRecord]) -> bool:
-    """The server's majority: the most common answer, ties to the one seen first."""
-    counts = Counter(s.answer for s in survivors if s.answer is not None)
-    if not counts:
-        return False
-    top = max(counts.values())
-    first = next(s for s in survivors if s.answer is not None and counts[s.answer] == top)
-    return first.correct
+def no_signal(record: SampleRecord, prefix: str) -> float:
+    """Every prefix alike: what a verifier that reads only the answer line gives."""
+    return 0.0
 
 
 def exact_scorer() -> Scorer:
@@ -144,11 +139,11 @@ def verifier_scorer(requests: Sequence[Sequence[SampleRecord]], *, orm: str | No
     if orm:
         table = score_orm(orm, stubs, batch_size, progress=progress)
         return lambda record, prefix: table[(record.question, prefix)]
-    steps = score_prm(prm, [(s.question, completion_steps(s.completion)) for s in stubs],  # type: ignore[arg-type]
-                      batch_size, progress=progress)
+    step_table = score_prm(prm, [(s.question, completion_steps(s.completion)) for s in stubs],  # type: ignore[arg-type]
+                           batch_size, progress=progress)
 
     def score(record: SampleRecord, prefix: str) -> float:
-        got = steps[(record.question, tuple(completion_steps(prefix)))]
+        got = step_table[(record.question, tuple(completion_steps(prefix)))]
         return aggregate(got, aggregation) if got else 0.0
 
     return score
@@ -194,32 +189,30 @@ def main(argv: list[str] | None = None) -> int:
     samples = read_samples(args.samples)
     requests = blocks(samples, args.cap)
     if args.max_problems:
-        keep_ids = list(dict.fromkeys(b[0].problem_id for b in requests))[: args.max_problems]
-        requests = [b for b in requests if b[0].problem_id in set(keep_ids)]
+        keep_ids = set(list(dict.fromkeys(b[0].problem_id for b in requests))[: args.max_problems])
+        requests = [b for b in requests if b[0].problem_id in keep_ids]
     if not requests:
         raise SystemExit(f"no problem has {args.cap} samples")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(samples[0].policy)
-    cache: dict[str, int] = {}
 
+    @functools.cache
     def count_tokens(text: str) -> int:
-        if text not in cache:
-            cache[text] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        return cache[text]
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     everies = [int(x) for x in args.every.split(",")]
     scorers: dict[str, Scorer] = {}
     for name in [s.strip() for s in args.scorers.split(",") if s.strip()]:
         if name not in ("none", "exact"):
             p.error(f"--scorers takes none and exact; got {name}")
-        scorers[name] = (lambda record, prefix: 0.0) if name == "none" else exact_scorer()
+        scorers[name] = no_signal if name == "none" else exact_scorer()
     if args.orm or args.prm:
         scorers["orm" if args.orm else f"prm-{args.prm_aggregation}"] = verifier_scorer(
             requests, orm=args.orm, prm=args.prm, aggregation=args.prm_aggregation,
             steps=max(SIGNAL_STEPS, args.rounds * max(everies)), progress=not args.no_progress)
 
-    fixed = replay(requests, scorers.get("none", lambda r, p: 0.0), count_tokens, keep=1.0)
+    fixed = replay(requests, no_signal, count_tokens, keep=1.0)
     print(f"{len(requests)} requests of best_of {args.cap}; fixed N: perfect verifier "
           f"{fixed.oracle:.3f}, majority {fixed.majority:.3f}, {fixed.tokens:.0f} tokens")
     print("prefix signal (pairwise accuracy of the prefix scores, would-be-right above "
