@@ -9,7 +9,7 @@
 #   docker run -p 8000:8000 bon:0.1.0 --upstream http://policy:8000/v1 \
 #       --verifier Qwen/Qwen2.5-Math-PRM-7B --verifier-kind prm --verifier-url http://verifier:8000
 # The same image also runs those vLLM servers: --entrypoint vllm ... serve MODEL.
-# With no arguments it serves the embedded arithmetic policy in-process.
+# With no arguments it serves the embedded default in-process (paths-policy, verifier paths-orm).
 FROM vllm/vllm-openai:v0.32.0
 
 WORKDIR /opt/bon

@@ -6,9 +6,9 @@ VENV ?= .venv
 PIP_EXTRA ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# the default world: the one whose shipped verifier gains most over voting (graph paths; its
-# serving.json loads paths-orm as the verifier); `make serve MODEL=bon_server/embedded/arith-policy`
-MODEL ?= bon_server/embedded/paths-policy
+# empty: bon-server's own default (bon_server/embedded/paths-policy with its verifier paths-orm);
+# another world: `make serve MODEL=bon_server/embedded/arith-policy`
+MODEL ?=
 STAMP := $(VENV)/.installed
 # the candidate page's browser tests drive Debian's Chromium (Playwright never downloads one)
 CHROMIUM := /usr/bin/chromium
@@ -17,7 +17,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 QUIET := { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test lint docs clean
 
 install: $(STAMP)
 
@@ -34,13 +34,17 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
 serve: $(STAMP)
-	$(VENV)/bin/bon-server serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(VENV)/bin/bon-server serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest
 
+# the docs site at http://127.0.0.1:8001 (tests/test_docs.py builds it with --strict)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve -a $(HOST):8001
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bon_server verifier_training loadtest tests
+	$(VENV)/bin/ruff check bon_server verifier_training loadtest tests docs
 
 clean:
 	rm -rf $(VENV)

@@ -6,10 +6,11 @@ the first matching rule extracts; the arithmetic checker in
 ``bon_server.tasks.arith`` uses the same functions, so "correct" during
 training and "same answer" during serving mean one thing.
 
-Each world names its rules (``Task.answer_rules``): Countdown votes by
-``expression_value``, an expression's value and numbers, so that every right
-answer to a problem is one answer. The server takes the served world's rules
-unless ``--answer-rules`` says otherwise.
+Each world names its rules (``Task.answer_rules``) and registers any of its own with
+``register_rule`` when its module is imported (``bon_server.tasks`` imports every world;
+this module imports none): Countdown's ``expression_value`` votes by an expression's value
+and numbers, so that every right answer to a problem is one answer. The server takes the
+served world's rules unless ``--answer-rules`` says otherwise.
 
 Rules are looked up by name in ``ANSWER_RULES``; unknown names fail by listing
 the valid ones.
@@ -60,35 +61,21 @@ def last_number(text: str) -> str | None:
     return found[-1] if found else None
 
 
-def expression_value(text: str) -> str | None:
-    """A Countdown answer as what makes it right or wrong: its value and its numbers.
-
-    ``The answer is (12 - 7) * 3 + 1.`` and ``The answer is 1 + 3 * (12 - 7).`` are the same
-    answer (``[1,3,7,12]->16``): every right answer to a problem is then one answer, and
-    votes concentrate on it instead of scattering over the ways of writing it (as MATH's
-    graders compare values, not strings). An answer line that is not such an expression
-    (unary minus, junk, too long or deep: the checker's own parser refuses it) stays its text.
-    """
-    found = final_line(text)
-    if found is None:
-        return None
-    from .tasks.countdown import ExpressionError, leaves, parse_expression
-
-    try:
-        e = parse_expression(found)
-    except ExpressionError:
-        return found
-    numbers = ",".join(str(n) for n in sorted(leaves(e)))
-    return f"[{numbers}]->{e.value}"
-
-
 ANSWER_RULES: dict[str, AnswerRule] = {
     "final_line": final_line,
     "boxed": boxed,
     "last_number": last_number,
-    "expression_value": expression_value,
 }
 DEFAULT_RULES: tuple[str, ...] = ("final_line", "boxed")
+
+
+def register_rule(name: str, rule: AnswerRule) -> AnswerRule:
+    """Add a world's own rule to ``ANSWER_RULES`` (the world's module calls this on import, so
+    this module never imports a world). Registering a name twice with another rule is refused."""
+    if ANSWER_RULES.get(name, rule) is not rule:
+        raise ValueError(f"answer rule {name!r} is already registered")
+    ANSWER_RULES[name] = rule
+    return rule
 
 
 def check_rules(names: Sequence[str]) -> tuple[str, ...]:

@@ -13,10 +13,13 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import tasks  # noqa: F401  (imports every world, which registers its answer rules)
 from .answers import DEFAULT_RULES, check_rules
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-EMBEDDED_POLICY = EMBEDDED_DIR / "arith-policy"
+# The one default: graph paths, the world whose shipped verifier (paths-orm, named by the
+# policy's serving.json) gains most over voting. `make serve` serves the same.
+EMBEDDED_POLICY = EMBEDDED_DIR / "paths-policy"
 # A policy directory may say how its world is best served: ``serving.json`` names the shipped
 # verifier (a directory beside the policy, or a path), its kind, the selector and the PRM
 # aggregation that evaluated best. They are the defaults whenever the policy is served; any
@@ -198,6 +201,11 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     kv_cache_gib: int = Field(1, ge=1, description="KV cache GiB on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    kv_block_size: int | None = Field(
+        None, ge=16, multiple_of=16,
+        description="tokens per KV cache block (default: 32 on CPU, where vLLM's 128 is longer "
+        "than short prompts and leaves a best_of request's prompt uncached; vLLM's on GPU)",
+    )
     enforce_eager: bool = False
     world_defaults: bool = Field(
         True, description="apply the policy's serving.json (its world's verifier and selector)"

@@ -15,15 +15,15 @@ py=.venv/bin/python
 mkdir -p "$V"
 [ -f $V/train_samples.jsonl ] || $py -m verifier_training sample --policy $P --problems 2000 --seed 101 -k 8 --out $V/train_samples.jsonl --no-progress
 [ -f $V/eval_samples.jsonl ] || $py -m verifier_training sample --policy $P --problems 500 --seed 1234 -k 64 --out $V/eval_samples.jsonl --no-progress
-$py -m verifier_training build-checker --out $R/checker-init --check $V/eval_samples.jsonl --max-records 32000
+$py -m verifier_training.research build-checker --out $R/checker-init --check $V/eval_samples.jsonl --max-records 32000
 $py -m verifier_training train-orm --records $V/train_samples.jsonl --out $R/checker-orm --init $R/checker-init --hard-negatives 1 --epochs 1 --lr 1e-4 --no-progress
 $py -m verifier_training evaluate --records $V/eval_samples.jsonl --orm $R/checker-orm --out-dir $R/checker-eval --no-progress
 # ship: the ORM beside the policy, and the policy's serving.json from what evaluated best at 16
 $py - "$R" <<'PY'
 import json, os, sys
 from bon_server.config import EMBEDDED_DIR, SERVING_FILE
-from verifier_training.records import write_json
-from verifier_training.run_pipeline import serving_defaults, ship
+from verifier_training.data.records import write_json
+from verifier_training.pipeline import serving_defaults, ship
 run = sys.argv[1]
 ship(f"{run}/checker-orm", "paths-orm", f"{run}/checker-eval/eval.json")
 with open(f"{run}/checker-eval/eval.json") as f:

@@ -11,7 +11,7 @@ py=.venv/bin/python
 mkdir -p "$V"
 $py -m verifier_training sample --policy $P --problems 2000 --seed 101 -k 8 --out $V/train_samples.jsonl --no-progress
 $py -m verifier_training sample --policy $P --problems 500 --seed 1234 -k 64 --out $V/eval_samples.jsonl --no-progress
-$py -m verifier_training ceilings --records $V/eval_samples.jsonl --policy $P
+$py -m verifier_training.research ceilings --records $V/eval_samples.jsonl --policy $P
 $py -m verifier_training label-steps --method exact --records $V/train_samples.jsonl --out $V/train_labels.jsonl
 $py -m verifier_training label-steps --method exact --records $V/eval_samples.jsonl --out $V/eval_labels.jsonl --max-records 2000
 $py -m verifier_training train-orm --records $V/train_samples.jsonl --out $V/orm --init $P --hard-negatives 1 --epochs 3 --time-budget-min 12 --no-progress

@@ -102,6 +102,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prm = noisy(build_tiny_prm(Path(tmp) / "tiny-prm"))
         cmd = [sys.executable, "-m", "bon_server", "serve", "--port", str(PORT),
+               # not the default policy: these pictures show the arithmetic PRM's step scores
+               "--model", "bon_server/embedded/arith-policy",
                "--verifier", str(prm), "--verifier-kind", "prm", "--verifier-dtype", "float32",
                "--default-selector", "majority"]
         server = subprocess.Popen(cmd)

@@ -1,7 +1,8 @@
 """Shared fixtures: the real server, started once per session in a subprocess.
 
 ``bon_server`` runs ``python -m bon_server serve`` (the real CLI, real uvicorn,
-real in-process vLLM engine) on the embedded arithmetic policy with a tiny ORM
+real in-process vLLM engine) on the embedded arithmetic policy (not the default,
+paths-policy) with a tiny ORM
 that this file builds (random weights: its scores are arbitrary but real), and
 yields its base URL. Tests talk to it with the official ``openai`` SDK or httpx.
 
@@ -28,7 +29,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 300
-MODEL = "arith-policy"  # the embedded policy's served model name
+# The suites serve the arithmetic policy (its questions are the shortest to check), not
+# bon-server's default (paths-policy): Settings() and every server subprocess read BON_MODEL.
+# A test of the default itself removes it (monkeypatch.delenv).
+ARITH_POLICY = str(ROOT / "bon_server" / "embedded" / "arith-policy")
+os.environ["BON_MODEL"] = ARITH_POLICY
+MODEL = "arith-policy"  # its served model name
 Q = "What is 17 + 4 * 23 - 9?"
 
 
@@ -36,6 +42,18 @@ def chat(client, content=Q, **kwargs):
     return client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": content}], **kwargs
     )
+
+
+def logprob_selected(client):  # type: ignore[no-untyped-def]
+    """Four candidates chosen by their mean logprob, with two top logprobs per token returned:
+    the checks an in-process and a proxied server share. The response, for more."""
+    r = chat(client, seed=5, max_tokens=64, logprobs=True, top_logprobs=2,
+             extra_body={"best_of": 4, "selector": "logprob"})
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 for t in content)
+    assert r.choices[0].score < 0 and r.choices[0].score == max(r.bon["scores"])
+    return r
 
 
 def rendered(question: str) -> str:
@@ -139,7 +157,7 @@ def build_tiny_orm(path: Path, num_labels: int = 1, seed: int = 0) -> Path:
     from tiny_models import save_tiny
     from transformers import LlamaForSequenceClassification
 
-    from verifier_training.tokenizer import build_tokenizer
+    from verifier_training.train.tokenizer import build_tokenizer
 
     return save_tiny(
         LlamaForSequenceClassification, path, build_tokenizer(), seed, num_labels=num_labels

@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from bon_server.search import Adaptive
-from verifier_training.adaptive_sim import blocks, main, replay
-from verifier_training.records import SampleRecord, write_jsonl
+from verifier_training.data.records import SampleRecord, write_jsonl
+from verifier_training.evaluate.adaptive import blocks, main, replay
 
 
 def rec(problem: int, i: int, answer: str | None, correct: bool, tokens: int = 10):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import bon_server.tasks  # noqa: F401  (registers the worlds' own answer rules)
 from bon_server.answers import (
     ANSWER_RULES,
     DEFAULT_RULES,
@@ -209,3 +210,17 @@ def test_expression_value_falls_back_to_the_text_the_checker_refuses(junk):
 
 def test_expression_value_without_an_answer_line_is_none():
     assert extract_answer("12 - 7 = 5", ("expression_value",)) is None
+
+
+@pytest.mark.parametrize("module", ["bon_server.config", "verifier_training.evaluate.adaptive"])
+def test_what_takes_rule_names_knows_every_worlds_rules(module):
+    """A world registers its own rules when imported (answers imports no world): each module
+    that checks ``--answer-rules`` names must load the worlds itself, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (f"import {module}; from bon_server.answers import ANSWER_RULES; "
+            "print(sorted(ANSWER_RULES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "expression_value" in out

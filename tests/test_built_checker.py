@@ -10,8 +10,8 @@ import torch
 from bon_server.scorers.orm import ORMScorer, format_for_orm
 from bon_server.tasks import get_task
 from bon_server.types import Message, Prompt
-from verifier_training import built_checker
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.research import built_checker
+from verifier_training.train.tokenizer import build_tokenizer
 
 PATHS = get_task("paths")
 

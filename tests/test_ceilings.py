@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from bon_server.tasks.arith import Problem, reference_solution
-from verifier_training.ceilings import greedy_steps_ok, main, policy_token_stats
-from verifier_training.records import SampleRecord, write_jsonl
+from verifier_training.data.records import SampleRecord, write_jsonl
+from verifier_training.research.ceilings import greedy_steps_ok, main, policy_token_stats
 
 POLICY = "bon_server/embedded/arith-policy"
 

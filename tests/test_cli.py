@@ -115,8 +115,9 @@ def test_a_subcommand_is_required(capsys):
     "argv, needle",
     [
         (["--default-best-of", "10", "--max-best-of", "4"], "exceeds max_best_of"),
-        (["--default-selector", "verifier"], "needs --verifier"),
-        (["--default-selector", "weighted_majority"], "needs --verifier"),
+        # the default policy ships a verifier (serving.json): without it, these need one
+        (["--no-world-defaults", "--default-selector", "verifier"], "needs --verifier"),
+        (["--no-world-defaults", "--default-selector", "weighted_majority"], "needs --verifier"),
         (["--default-selector", "oracle"], "valid selectors"),
         (["--answer-rules", "boxed,psychic"], "valid rules"),
         (["--port", "70000"], "port"),

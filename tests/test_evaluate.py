@@ -6,12 +6,11 @@ import math
 
 import pytest
 
-from verifier_training.evaluate import (
-    Scored,
+from verifier_training.evaluate.curves import Scored, methods_for
+from verifier_training.evaluate.metrics import (
     best_of_n,
     first_error_f1,
     gap_closed,
-    methods_for,
     pairwise_accuracy,
     powers_of_two,
     roc_auc,

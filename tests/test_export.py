@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from verifier_training import export
-from verifier_training.records import SampleRecord, StepLabelRecord, write_jsonl
+from verifier_training.data.records import SampleRecord, StepLabelRecord, write_jsonl
+from verifier_training.posttrain import export
 
 GOOD_A = "= 14\nThe answer is 14."
 GOOD_B = "= 2 + 12\n= 14\nThe answer is 14."

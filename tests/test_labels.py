@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from bon_server.generators.fake import ScriptedGenerator
-from verifier_training.labels import (
+from verifier_training.data.labels import (
     GeneratorRollout,
     choose_subset,
     exact_labels,
@@ -16,8 +16,8 @@ from verifier_training.labels import (
     label_records,
     prefix_text,
 )
-from verifier_training.records import SampleRecord, hard_labels, soft_labels
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.data.records import SampleRecord, hard_labels, soft_labels
+from verifier_training.train.tokenizer import build_tokenizer
 
 COMPLETION = "= 2 + 12\n= 15\n= 15\nThe answer is 15."
 
@@ -159,7 +159,7 @@ def test_exact_labels_use_the_record_world_step_checker() -> None:
 def test_agreement_counts_per_step_disagreements() -> None:
     from dataclasses import replace
 
-    from verifier_training.labels import agreement
+    from verifier_training.data.labels import agreement
 
     exact = exact_labels([record("3 * 4 = 12\n2 + 12 = 15\nThe answer is 15.")])
     mc = [replace(exact[0], counts=(3, 1, 0), rollouts=4, labeller="rollouts")]

@@ -12,7 +12,7 @@ from tiny_models import save_tiny
 
 from bon_server.scorers.orm import ORMScorer, format_for_orm
 from bon_server.types import Candidate, Message, Prompt
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.train.tokenizer import build_tokenizer
 
 TEXTS = [
     "<|bos|><|user|>What is 2 + 3?<|end|><|assistant|>= 5\nThe answer is 5.<|end|>",

@@ -1,6 +1,7 @@
-"""The graph-paths recipe options of ``sft``: the ``edges`` tokenizer (one token per edge, one per
-step line), its composed embeddings (``--edge-scale``), the built lookup layer
-(``--edge-lookup-head``), ``--mimetic-layers``, and the loss on labelled positions only."""
+"""The graph-paths recipe: the ``edges`` tokenizer (one token per edge, one per step line), the
+hand-built parts of ``paths-init`` (composed embeddings, ``--edge-scale``, the built lookup
+layer, the first hop, a previous-token head), ``sft``'s ``--mimetic-layers`` and its loss on
+labelled positions only, and ``sft --init`` training what ``paths-init`` built."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import math
 import random
 
+import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bon_server.tasks import get_task
 from bon_server.tasks.base import Stream
-from verifier_training import sft
-from verifier_training.tokenizer import build_tokenizer, edge_token, is_label_token
+from verifier_training.research import heads, paths_init
+from verifier_training.train import chats, sft
+from verifier_training.train.tokenizer import build_tokenizer, edge_token, is_label_token
 
 
 def test_edges_tokenizer_splits_prompt_and_steps():
@@ -48,7 +51,7 @@ def test_edge_embeddings_are_composed_from_their_labels():
     tok = build_tokenizer(edges=True)
     model = tiny_model(tok)
     before = model.get_input_embeddings().weight.detach().clone()
-    done = sft.compose_edge_embeddings(model, tok, seed=3, scale=5.0)
+    done = heads.compose_edge_embeddings(model, tok, seed=3, scale=5.0)
     assert done == 2 * 99 * 99
     after = model.get_input_embeddings().weight
     vocab = tok.get_vocab()
@@ -67,34 +70,40 @@ def test_answer_loss_equals_the_models_loss():
     tok = build_tokenizer(edges=True)
     args = sft.parse_args(["--out", "unused"])
     stream = Stream(get_task("paths"), random.Random(0), set())
-    ids, labels, positions = sft.pack([sft.make_example(stream, tok, args) for _ in range(6)],
+    ids, labels, positions = chats.pack([chats.make_example(stream, tok, args) for _ in range(6)],
                                       128, tok.pad_token_id)
     model = tiny_model(tok)
     full = model(input_ids=ids, position_ids=positions, labels=labels, use_cache=False).loss
-    fast = sft.answer_loss(model, ids, labels, positions)
+    fast = chats.answer_loss(model, ids, labels, positions)
     assert torch.allclose(full, fast, atol=1e-5)
 
 
-def test_sft_edges_smoke(tmp_path):
+def test_paths_init_then_sft_init_smoke(tmp_path):
+    init = tmp_path / "init"
+    shape = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64",
+             "--threads", "1"]
+    assert paths_init.main(["--out", str(init), "--edge-scale", "5", "--mimetic-init",
+                            "--mimetic-layers", "1", "--edge-lookup-head", *shape]) == 0
+    record = json.loads((init / "training_config.json").read_text())
+    assert record["model"]["tokenizer"] == "edges" and record["data"]["task"] == "paths"
+    assert record["flags"]["edge_scale"] == 5.0 and record["flags"]["edge_lookup_head"]
+    assert record["flags"]["mimetic_layers"] == 1
     out = tmp_path / "policy"
-    flags = ["--task", "paths", "--tokenizer", "edges", "--edge-scale", "5", "--mimetic-init",
-             "--mimetic-layers", "1", "--edge-lookup-head",
-             "--steps", "2", "--batch-size", "4", "--hidden-size", "32", "--layers", "1",
-             "--heads", "2", "--intermediate-size", "64", "--warmup-steps", "1", "--threads", "1",
-             "--no-progress", "--eval-every", "1"]
-    assert sft.main(["--out", str(out), *flags]) == 0
+    assert sft.main(["--out", str(out), "--init", str(init), "--task", "paths", "--steps", "2",
+                     "--batch-size", "4", "--warmup-steps", "1", "--threads", "1",
+                     "--no-progress", "--eval-every", "1"]) == 0
     record = json.loads((out / "training_config.json").read_text())
     assert record["model"]["tokenizer"] == "edges"
     assert record["model"]["vocab_size"] == 7 + 97 + 990 + 1000 + 2 * 99 * 99
-    assert record["flags"]["edge_scale"] == 5.0 and record["flags"]["edge_lookup_head"]
-    assert record["flags"]["mimetic_layers"] == 1
+    assert record["init_training_config"]["command"].endswith("research paths-init")
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.convert_ids_to_tokens(tok.encode("12>3\n", add_special_tokens=False)) == ["12>3\n"]
-    # continuing from it keeps the edges tokenizer
-    again = tmp_path / "again"
-    assert sft.main(["--out", str(again), "--init", str(out), "--task", "paths", "--steps", "1",
-                     "--batch-size", "2", "--threads", "1", "--no-progress"]) == 0
-    assert json.loads((again / "training_config.json").read_text())["model"]["tokenizer"] == "edges"
+
+
+def test_paths_init_refuses_edge_flags_without_the_edges_tokenizer(capsys):
+    with pytest.raises(SystemExit):
+        paths_init.parse_args(["--out", "unused", "--tokenizer", "arrows", "--edge-lookup-head"])
+    assert "edges tokenizer" in capsys.readouterr().err
 
 
 def test_edge_lookup_head_matches_target_to_source():
@@ -108,8 +117,8 @@ def test_edge_lookup_head_matches_target_to_source():
     layers = model.model.layers
     assert torch.equal(layers[0].self_attn.q_proj.weight, layers[0].self_attn.k_proj.weight)
     assert not torch.equal(layers[1].self_attn.q_proj.weight, layers[1].self_attn.k_proj.weight)
-    sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0)
-    gap = sft.edge_lookup_head_init(model, tok, seed=0)
+    heads.compose_edge_embeddings(model, tok, seed=0, scale=10.0)
+    gap = heads.edge_lookup_head_init(model, tok, seed=0)
     assert gap > 0
     attn, dim = layers[0].self_attn, layers[0].self_attn.head_dim
     fast = [i for i in range(dim) if i % (dim // 2) < dim // 4]  # fast RoPE pairs stay empty
@@ -133,7 +142,7 @@ def test_step_gain_makes_a_copied_prompt_edge_score_its_step_form_first():
     for gain, step_wins in ((None, False), (1.25, True)):
         torch.manual_seed(0)
         model = tiny_model(tok)
-        sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=gain)
+        heads.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=gain)
         table = model.get_input_embeddings().weight.detach()
         copied = table[vocab["12>3"]]  # what a copying head writes, through tied embeddings
         step, plain = copied @ table[vocab["12>3\n"]], copied @ table[vocab["12>3"]]
@@ -148,9 +157,9 @@ def test_first_hop_makes_the_assistant_read_the_starts_edges():
                          tie_word_embeddings=True, attn_implementation="eager")
     model = LlamaForCausalLM(config).float()
     sft.mimetic_attention_init(model)
-    sft.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=1.25)
-    sft.edge_lookup_head_init(model, tok, seed=0)
-    found = sft.first_hop_init(model, tok, seed=0)
+    heads.compose_edge_embeddings(model, tok, seed=0, scale=10.0, step_gain=1.25)
+    heads.edge_lookup_head_init(model, tok, seed=0)
+    found = heads.first_hop_init(model, tok, seed=0)
     assert found["mark"] > 0.9 and found["read"] > 0.8
     # the real attention (RoPE, causal) on problems the calibration did not see
     vocab = tok.get_vocab()
@@ -174,3 +183,36 @@ def test_first_hop_makes_the_assistant_read_the_starts_edges():
         assert vocab["<|assistant|>"] == ids[-1]
     assert sum(read_on_start) / len(read_on_start) > 0.8
     assert sum(other_marked) / len(other_marked) < 0.2
+
+
+def test_arrow_tokens_start_composed_from_their_parts():
+    tok = build_tokenizer(arrows=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    assert heads.compose_arrow_embeddings(model, tok) == 1000
+    table, vocab = model.get_input_embeddings().weight, tok.get_vocab()
+    for n in (0, 7, 57, 999):
+        want = (table[vocab[str(n)]] + table[vocab[">"]]) / 2**0.5
+        assert torch.allclose(table[vocab[f"{n}>"]], want)
+    # tied: the output side scores the composed token too
+    assert torch.equal(model.lm_head.weight[vocab["57>"]], table[vocab["57>"]])
+
+
+def test_previous_token_head_attends_one_token_back_from_the_start():
+    tok = build_tokenizer(arrows=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
+                         tie_word_embeddings=True, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    sft.mimetic_attention_init(model)
+    heads.previous_token_head_init(model, seed=0)
+    ids = torch.randint(7, len(tok), (2, 80))  # any ordinary tokens
+    attention = model(ids, output_attentions=True).attentions
+    head, other = attention[0][:, 0], attention[0][:, 1]
+    back = torch.stack([head[:, i, i - 1] for i in range(1, 80)], dim=1)
+    assert back.mean() > 0.9 and back.min() > 0.5
+    # the other heads were left to the mimetic init: not previous-token heads
+    assert torch.stack([other[:, i, i - 1] for i in range(1, 80)], dim=1).mean() < 0.5

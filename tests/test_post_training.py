@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bon_server.tasks import get_task
-from verifier_training.records import read_samples
+from verifier_training.data.records import read_samples
 
 pytestmark = pytest.mark.engine
 

@@ -25,7 +25,7 @@ from bon_server.scorers.base import check_aggregation
 from bon_server.scorers.prm import PRMScorer
 from bon_server.scorers.steps import STEP_FORMATS, encode_steps, format_steps, split_steps
 from bon_server.types import Candidate, Message, Prompt
-from verifier_training.tokenizer import save_tokenizer
+from verifier_training.train.tokenizer import save_tokenizer
 
 FORMATS = list(STEP_FORMATS)
 PROMPT = Prompt(messages=(Message("user", "What is 2 + 3 * 4?"),))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from bon_server.tasks.paths import Problem
-from verifier_training import probe_lookups, sft
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.research import probe_lookups
+from verifier_training.train import sft
+from verifier_training.train.tokenizer import build_tokenizer
 
 # start 12; arms 12>3>57 and 12>8>41; target 57
 PROBLEM = Problem(12, 57, ((12, 3), (3, 57), (12, 8), (8, 41)))

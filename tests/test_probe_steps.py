@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from verifier_training.probe_steps import arithmetic_lines, main
-from verifier_training.records import SampleRecord, write_jsonl
+from verifier_training.data.records import SampleRecord, write_jsonl
+from verifier_training.research.probe_steps import arithmetic_lines, main
 
 POLICY = "bon_server/embedded/arith-policy"
 

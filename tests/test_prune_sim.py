@@ -7,14 +7,14 @@ from pathlib import Path
 
 from bon_server.search.prune import prune_order
 from bon_server.tasks import get_task
-from verifier_training.prune_sim import (
+from verifier_training.data.records import SampleRecord, write_jsonl
+from verifier_training.evaluate.prune import (
     exact_scorer,
     main,
     prefix_at,
     prefix_signal,
     replay,
 )
-from verifier_training.records import SampleRecord, write_jsonl
 
 POLICY = "bon_server/embedded/paths-policy"
 QUESTION = "Find a path from 12 to 57. Edges: 12>3, 3>57, 12>8, 8>41."

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from verifier_training.records import (
+from verifier_training.data.records import (
     SampleRecord,
     StepLabelRecord,
     group_by_problem,

@@ -27,7 +27,7 @@ from bon_server.scorers import build_scorer
 from bon_server.scorers.remote import RemoteORMScorer, RemotePRMScorer
 from bon_server.scorers.steps import STEP_FORMATS, encode_steps, split_steps
 from bon_server.types import Candidate, Message, Prompt
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.train.tokenizer import build_tokenizer
 
 PROMPT = Prompt(messages=(Message("user", "What is 2 + 3 * 4?"),))
 TEXTS = [

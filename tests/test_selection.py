@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bon_server.tasks import get_task
-from verifier_training.distill import pick_solutions, verifier_kept
-from verifier_training.records import SampleRecord
-from verifier_training.rsft import kept_figures
-from verifier_training.selection import preference_pairs, select
+from verifier_training.data.records import SampleRecord
+from verifier_training.posttrain.distill import pick_solutions, verifier_kept
+from verifier_training.posttrain.rsft import kept_figures
+from verifier_training.posttrain.selection import preference_pairs, select
 
 TASK = get_task("countdown")
 PROBLEMS = TASK.problems(4, 99)

@@ -12,6 +12,7 @@ from conftest import (
     Q,
     assert_aborted,
     chat,
+    logprob_selected,
     rendered,
     send_long_chat,
     wait_for,
@@ -82,19 +83,7 @@ def test_majority_picks_the_most_common_answer(client):
 
 
 def test_logprob_selector_and_returned_logprobs(client):
-    r = chat(
-        client,
-        seed=5,
-        max_tokens=64,
-        logprobs=True,
-        top_logprobs=2,
-        extra_body={"best_of": 4, "selector": "logprob"},
-    )
-    content = r.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == r.choices[0].message.content
-    assert all(len(t.top_logprobs) == 2 for t in content)
-    assert r.choices[0].score < 0
-    assert r.choices[0].score == max(r.bon["scores"])
+    logprob_selected(client)
 
 
 def test_logprob_score_is_the_mean_over_the_generated_tokens(client):
@@ -361,6 +350,22 @@ def test_metrics_count_all_candidates(server, client):
     ):
         assert name in text
     assert server.metric("bon_requests_in_flight") == 0
+
+
+def test_a_best_of_request_prefills_its_prompt_once(server, client):
+    """On CPU the server picks 32-token KV blocks (vLLM's 128 is longer than these prompts, and
+    only whole blocks are cached): the candidates after the first find the prompt's full blocks
+    in the prefix cache, read from vLLM's own counters."""
+    question = "What is 31 + 58 * 2 - 77 + 40 - 9 * 3?"  # asked by no other test: not cached
+    prompt_tokens = len(rendered(question))  # one token a character
+    assert prompt_tokens >= 32
+    hits = server.metric("vllm:prefix_cache_hits_total")
+    queries = server.metric("vllm:prefix_cache_queries_total")
+    chat(client, content=question, max_tokens=8, seed=3, extra_body={"best_of": 16})
+    hits = server.metric("vllm:prefix_cache_hits_total") - hits
+    queries = server.metric("vllm:prefix_cache_queries_total") - queries
+    assert queries >= 16 * prompt_tokens - 16  # every candidate looked its prompt up
+    assert hits >= 15 * (prompt_tokens // 32 * 32)  # and all but the first found its blocks
 
 
 @pytest.mark.parametrize("stream", [False, True])

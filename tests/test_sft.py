@@ -7,13 +7,15 @@ import random
 
 import pytest
 import torch
+from tiny_models import tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bon_server.tasks import get_task
 from bon_server.tasks.arith import parse_question, reference_solution
-from bon_server.tasks.base import EVAL_SEED
-from verifier_training import sft
-from verifier_training.tokenizer import END, build_tokenizer
+from bon_server.tasks.base import EVAL_SEED, Stream
+from verifier_training.train import chats, sft
+from verifier_training.train.loop import lr_factor
+from verifier_training.train.tokenizer import END, build_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -28,14 +30,14 @@ def one_thread():
 def test_examples_label_only_assistant_turns():
     tok = build_tokenizer()
     args = sft.parse_args(["--out", "unused", "--system-frac", "0.5", "--multiturn-frac", "0.5"])
-    stream = sft.Stream(get_task("arith"), random.Random(0), set())
+    stream = Stream(get_task("arith"), random.Random(0), set())
     kinds = set()
     for _ in range(60):
-        ids, labels = sft.make_example(stream, tok, args)
+        ids, labels = chats.make_example(stream, tok, args)
         assert len(ids) == len(labels)
         text = tok.decode(ids)
         assert text.startswith("<|bos|>") and text.endswith(END)
-        trained = tok.decode([t for t in labels if t != sft.IGNORE])
+        trained = tok.decode([t for t in labels if t != chats.IGNORE])
         answers = text.split("<|assistant|>")[1:]
         assert trained == "".join(a.split(END)[0] + END for a in answers)
         last_question = text.split("<|user|>")[-1].split(END)[0]
@@ -48,22 +50,14 @@ def test_pack_keeps_examples_apart():
     torch.manual_seed(0)
     tok = build_tokenizer()
     args = sft.parse_args(["--out", "unused"])
-    stream = sft.Stream(get_task("arith"), random.Random(1), set())
-    examples = [sft.make_example(stream, tok, args) for _ in range(8)]
-    ids, labels, positions = sft.pack(examples, 160, tok.pad_token_id)
+    stream = Stream(get_task("arith"), random.Random(1), set())
+    examples = [chats.make_example(stream, tok, args) for _ in range(8)]
+    ids, labels, positions = chats.pack(examples, 160, tok.pad_token_id)
     assert ids.shape[0] < len(examples)  # several examples share a row
-    assert int((labels != sft.IGNORE).sum()) == sum(
-        sum(t != sft.IGNORE for t in y) for _, y in examples
+    assert int((labels != chats.IGNORE).sum()) == sum(
+        sum(t != chats.IGNORE for t in y) for _, y in examples
     )
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(tiny_config(tok)).eval()
     with torch.no_grad():
         packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
         for r in range(ids.shape[0]):
@@ -80,10 +74,10 @@ def test_examples_of_other_worlds_use_their_references_and_skip_held_out_prompts
     args = sft.parse_args(["--out", "unused", "--task", name])
     held_out = {p.question for p in task.problems(1000, EVAL_SEED)}
     # a stream that would otherwise start with held-out problems
-    stream = sft.Stream(task, random.Random(EVAL_SEED), held_out)
+    stream = Stream(task, random.Random(EVAL_SEED), held_out)
     seen = []
     for _ in range(40):
-        ids, _ = sft.make_example(stream, tok, args)
+        ids, _ = chats.make_example(stream, tok, args)
         question = tok.decode(ids).split("<|user|>")[-1].split(END)[0]
         problem = task.parse(question)
         assert problem is not None and question not in held_out
@@ -96,14 +90,14 @@ def test_examples_of_other_worlds_use_their_references_and_skip_held_out_prompts
 
 
 def test_lr_schedule():
-    args = sft.parse_args(
-        ["--out", "unused", "--steps", "100", "--warmup-steps", "10", "--min-lr-ratio", "0.1"]
-    )
-    assert sft.lr_factor(0, args) == 0.1
-    assert sft.lr_factor(9, args) == 1.0
-    assert abs(sft.lr_factor(10, args) - 1.0) < 1e-9
-    assert abs(sft.lr_factor(100, args) - 0.1) < 1e-9
-    assert all(sft.lr_factor(s, args) >= sft.lr_factor(s + 1, args) for s in range(10, 100))
+    def at(step: int) -> float:  # 100 steps, 10 of warmup, down to a tenth
+        return lr_factor(step, 100, 10, 0.1)
+
+    assert at(0) == 0.1
+    assert at(9) == 1.0
+    assert abs(at(10) - 1.0) < 1e-9
+    assert abs(at(100) - 0.1) < 1e-9
+    assert all(at(s) >= at(s + 1) for s in range(10, 100))
 
 
 def test_main_smoke(tmp_path):
@@ -170,53 +164,20 @@ def test_mimetic_init_makes_every_head_a_copier():
         assert (ov - torch.diag(ov.diagonal())).abs().mean() < 0.25
 
 
-def test_arrow_tokens_start_composed_from_their_parts():
-    tok = build_tokenizer(arrows=True)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                         tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    assert sft.compose_arrow_embeddings(model, tok) == 1000
-    table, vocab = model.get_input_embeddings().weight, tok.get_vocab()
-    for n in (0, 7, 57, 999):
-        want = (table[vocab[str(n)]] + table[vocab[">"]]) / 2**0.5
-        assert torch.allclose(table[vocab[f"{n}>"]], want)
-    # tied: the output side scores the composed token too
-    assert torch.equal(model.lm_head.weight[vocab["57>"]], table[vocab["57>"]])
-
-
 def test_prompt_loss_trains_on_the_prompt_too():
     tok = build_tokenizer(arrows=True)
     args = sft.parse_args(["--out", "unused", "--task", "paths", "--prompt-loss",
                            "--system-frac", "0", "--multiturn-frac", "0"])
-    stream = sft.Stream(get_task("paths"), random.Random(0), set())
-    ids, labels = sft.make_example(stream, tok, args)
+    stream = Stream(get_task("paths"), random.Random(0), set())
+    ids, labels = chats.make_example(stream, tok, args)
     assert labels == ids
-
-
-def test_previous_token_head_attends_one_token_back_from_the_start():
-    tok = build_tokenizer(arrows=True)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=128,
-                         tie_word_embeddings=True, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    sft.mimetic_attention_init(model)
-    sft.previous_token_head_init(model, seed=0)
-    ids = torch.randint(7, len(tok), (2, 80))  # any ordinary tokens
-    attention = model(ids, output_attentions=True).attentions
-    head, other = attention[0][:, 0], attention[0][:, 1]
-    back = torch.stack([head[:, i, i - 1] for i in range(1, 80)], dim=1)
-    assert back.mean() > 0.9 and back.min() > 0.5
-    # the other heads were left to the mimetic init: not previous-token heads
-    assert torch.stack([other[:, i, i - 1] for i in range(1, 80)], dim=1).mean() < 0.5
 
 
 def test_held_out_loss_splits_labels_from_the_rest():
     tok = build_tokenizer(arrows=True)
     args = sft.parse_args(["--out", "unused", "--task", "paths", "--system-frac", "1",
                            "--multiturn-frac", "1"])
-    held_out = sft.HeldOutLoss(get_task("paths"), tok, args, count=8)
+    held_out = chats.HeldOutLoss(get_task("paths"), tok, args, count=8)
     # the held-out problems' plain chats: no system message or earlier turn, whatever the flags
     text = tok.decode(held_out.ids[held_out.ids != tok.pad_token_id].tolist())
     assert "<|system|>" not in text and text.count("<|user|>") == 8

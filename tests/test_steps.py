@@ -19,7 +19,7 @@ from bon_server.scorers.steps import (
     split_steps,
 )
 from bon_server.types import Message, Prompt
-from verifier_training.tokenizer import build_tokenizer
+from verifier_training.train.tokenizer import build_tokenizer
 
 PROMPT = Prompt(messages=(Message("user", "What is 2 + 3 * 4?"),))
 STEPS = ["3 * 4 = 12", "2 + 12 = 14", "The answer is 14."]

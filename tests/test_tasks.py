@@ -213,8 +213,8 @@ def test_countdown_corrupt_makes_near_misses_the_checker_refuses():
 def test_hard_negatives_are_wrong_copies_of_right_records():
     from dataclasses import replace
 
-    from verifier_training.records import SampleRecord
-    from verifier_training.train_orm import hard_negatives
+    from verifier_training.data.records import SampleRecord
+    from verifier_training.train.orm import hard_negatives
 
     p = COUNTDOWN.problems(1, seed=3)[0]
     right = SampleRecord(

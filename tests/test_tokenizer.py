@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from verifier_training.tokenizer import CHARACTERS, CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
+from verifier_training.train.tokenizer import (
+    CHARACTERS,
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    build_tokenizer,
+)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "bon_server" / "embedded" / "arith-policy"
 

@@ -17,14 +17,16 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from bon_server.scorers.orm import ORMScorer
 from bon_server.scorers.prm import PRMScorer
 from bon_server.types import Candidate
-from verifier_training import train_orm, train_prm
-from verifier_training.records import (
+from verifier_training.data.records import (
     SampleRecord,
     StepLabelRecord,
     question_prompt,
     write_jsonl,
 )
-from verifier_training.tokenizer import build_tokenizer, save_tokenizer
+from verifier_training.train import orm as train_orm
+from verifier_training.train import prm as train_prm
+from verifier_training.train.common import problem_batches
+from verifier_training.train.tokenizer import build_tokenizer, save_tokenizer
 
 SOLUTIONS = [
     ("What is 2 + 3 * 4?", "14", "= 2 + 12\n= 14\nThe answer is 14."),
@@ -140,7 +142,7 @@ def test_problem_batches_keep_problems_whole() -> None:
     import random
 
     problems = ["a", "a", "b", "c", "c", "c", "d"]
-    batches = train_orm.problem_batches(problems, 3, random.Random(0))
+    batches = problem_batches(problems, 3, random.Random(0))
     seen = [next(batches) for _ in range(3)]
     for batch in seen:
         for pid in {problems[i] for i in batch}:

@@ -34,6 +34,7 @@ from conftest import (
     ServerProcess,
     assert_aborted,
     chat,
+    logprob_selected,
     pruned_long_request,
     rendered,
     send_long_chat,
@@ -1151,18 +1152,7 @@ def test_proxy_with_the_remote_prm(proxy_prm, upstreams):
 
 @pytest.mark.engine
 def test_proxy_logprob_selector_needs_and_gets_upstream_logprobs(client):
-    r = chat(
-        client,
-        seed=5,
-        max_tokens=64,
-        logprobs=True,
-        top_logprobs=2,
-        extra_body={"best_of": 4, "selector": "logprob"},
-    )
-    content = r.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == r.choices[0].message.content
-    assert all(len(t.top_logprobs) == 2 for t in content)
-    assert r.choices[0].score < 0 and r.choices[0].score == max(r.bon["scores"])
+    logprob_selected(client)
     # asked by the selector only: not returned
     r = chat(client, seed=5, max_tokens=64, extra_body={"best_of": 4, "selector": "logprob"})
     assert r.choices[0].logprobs is None and r.choices[0].score < 0

@@ -1,12 +1,13 @@
 """A policy's ``serving.json``: its world's verifier and selector become the defaults."""
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from bon_server.config import SERVING_FILE, Settings, world_defaults
-from verifier_training.run_pipeline import serving_defaults
+from verifier_training.pipeline import serving_defaults
 
 
 def _world(tmp_path, **serving):
@@ -113,3 +114,15 @@ def test_the_tasks_rules_are_valid_and_agree_with_the_checker():
         assert key == extract_answer(f"The answer is {problem.answer}.", task.answer_rules)
         if wrong is not None:
             assert extract_answer(wrong, task.answer_rules) != key
+
+
+def test_the_default_is_what_make_serve_serves(monkeypatch):
+    """`bon-server serve` with no flags, `make serve` and the README's first request agree:
+    the embedded paths policy, with its shipped verifier choosing."""
+    monkeypatch.delenv("BON_MODEL", raising=False)  # conftest points the suites at arith
+    s = Settings()
+    assert s.model_name == "paths-policy" and s.served_world == "paths"
+    assert s.verifier is not None and s.verifier.endswith("paths-orm")
+    assert (s.verifier_kind, s.default_selector) == ("orm", "verifier")
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert "MODEL ?=\n" in makefile  # make serve passes no --model: bon-server's own default

@@ -43,7 +43,7 @@ QWEN_TEMPLATE = (
 
 def step_tokenizer(name: str) -> Any:
     """The project tokenizer, extended the way a PRM of step format ``name`` would be."""
-    from verifier_training.tokenizer import build_tokenizer
+    from verifier_training.train.tokenizer import build_tokenizer
 
     tok = build_tokenizer()
     if name == "bon":

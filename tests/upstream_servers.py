@@ -70,7 +70,7 @@ def build_tiny_prm(path: Path, seed: int = 0) -> Path:
     """A two-class LlamaForTokenClassification whose tokenizer has the ``<|step|>`` tag."""
     from transformers import LlamaForTokenClassification
 
-    from verifier_training.tokenizer import save_tokenizer
+    from verifier_training.train.tokenizer import save_tokenizer
 
     tok = step_tokenizer("bon")
     save_tiny(LlamaForTokenClassification, path, tok, seed, num_labels=2)

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+CPU_BLOCK_SIZE = 32  # the CPU backend wants a multiple of 32
+
+
 class VLLMGenerator:
     def __init__(self, engine: AsyncLLM, model_name: str, max_tokens_limit: int | None = None):
         self.engine = engine
@@ -59,6 +62,11 @@ class VLLMGenerator:
             tensor_parallel_size=settings.tensor_parallel_size,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=True,
+            # Only whole blocks are cached: vLLM's CPU default (128 tokens) is longer than the
+            # worlds' prompts, so the candidates of one best_of request each prefilled the
+            # prompt again (0 prefix-cache hits for an 81-token Countdown prompt at n=16).
+            block_size=settings.kv_block_size or (CPU_BLOCK_SIZE if current_platform.is_cpu()
+                                                  else None),
             # On CPU, a seeded request whose prefill is split across steps kills the engine
             # ("CPU Generator does not use offset", vLLM 0.32): schedule whole prefills only.
             enable_chunked_prefill=False if current_platform.is_cpu() else None,

@@ -23,24 +23,18 @@ def build_scorer(settings: Settings) -> Scorer | None:
 
         remote = RemoteORMScorer if settings.verifier_kind == "orm" else RemotePRMScorer
         return remote.from_settings(settings)
+    where = {"device": settings.verifier_device, "dtype": settings.verifier_dtype,
+             "batch_size": settings.verifier_batch_size}
     if settings.verifier_kind == "orm":
         from .orm import ORMScorer
 
         return ORMScorer.from_pretrained(
-            settings.verifier,
-            device=settings.verifier_device,
-            dtype=settings.verifier_dtype,
-            batch_size=settings.verifier_batch_size,
-            share_prefix=settings.verifier_share_prefix,
+            settings.verifier, share_prefix=settings.verifier_share_prefix, **where
         )
     from .prm import PRMScorer
 
     return PRMScorer.from_pretrained(
-        settings.verifier,
-        step_format=settings.verifier_step_format,
+        settings.verifier, step_format=settings.verifier_step_format,
         aggregation=settings.prm_aggregation,
-        device=settings.verifier_device,
-        dtype=settings.verifier_dtype,
-        batch_size=settings.verifier_batch_size,
-        trust_remote_code=settings.verifier_trust_remote_code,
+        trust_remote_code=settings.verifier_trust_remote_code, **where,
     )

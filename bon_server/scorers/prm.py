@@ -96,6 +96,10 @@ class PRMScorer:
         self._keep_logits = fmt.head == "plus_minus" and (
             "logits_to_keep" in inspect.signature(model.forward).parameters
         )
+        # Scoring is one forward pass: no KV cache (the Qwen PRM's own code builds one through
+        # DynamicCache methods that transformers 5 removed, unless told not to).
+        self._no_cache = {"use_cache": False} if "use_cache" in inspect.signature(
+            model.forward).parameters else {}
         self._torch = torch
         self._batcher: MicroBatcher[tuple[Prompt, str], list[float]] = MicroBatcher(
             self._score_texts, batch_size
@@ -197,7 +201,7 @@ class PRMScorer:
         torch = self._torch
         rows = torch.tensor(batch_idx, device=self.device)
         if self.fmt.head == "classify":
-            logits = self.model(input_ids=input_ids, attention_mask=mask)[0]
+            logits = self.model(input_ids=input_ids, attention_mask=mask, **self._no_cache)[0]
             cols = torch.tensor(pos_idx, device=self.device)
             return torch.softmax(logits[rows, cols].float(), dim=-1)[:, 1]
         kwargs: dict[str, Any] = {"use_cache": False}

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..answers import final_line, register_rule
 from .arith import parse_step
 from .base import answer_line
 
@@ -292,6 +293,29 @@ def step_ok(problem: Problem, steps: Sequence[str], i: int) -> bool | None:
 
 
 # ------------------------------------------------------------------ the task
+
+def expression_value(text: str) -> str | None:
+    """A Countdown answer as what makes it right or wrong: its value and its numbers.
+
+    ``The answer is (12 - 7) * 3 + 1.`` and ``The answer is 1 + 3 * (12 - 7).`` are the same
+    answer (``[1,3,7,12]->16``): every right answer to a problem is then one answer, and
+    votes concentrate on it instead of scattering over the ways of writing it (as MATH's
+    graders compare values, not strings). An answer line that is not such an expression
+    (unary minus, junk, too long or deep: the checker's own parser refuses it) stays its text.
+    """
+    found = final_line(text)
+    if found is None:
+        return None
+    try:
+        e = parse_expression(found)
+    except ExpressionError:
+        return found
+    numbers = ",".join(str(n) for n in sorted(leaves(e)))
+    return f"[{numbers}]->{e.value}"
+
+
+register_rule("expression_value", expression_value)
+
 
 _QUESTION = re.compile(
     r"^Using the numbers \[(\d+(?:, \d+)*)\], make (\d+)\. "
