@@ -148,8 +148,10 @@ class Settings(BaseSettings):
         None, description="None: verifier if loaded, else majority"
     )
     answer_rules: Annotated[tuple[str, ...] | None, NoDecode] = Field(
-        None, description="answer extraction for voting; None: the served world's rules "
-        "(Countdown: expression_value), else final_line,boxed"
+        None, description="answer extraction for voting, first match wins; None: the served "
+        "world's rules (Countdown: expression_value), else final_line,boxed. 'math' reads "
+        "answers as math-verify does (the last \\boxed{}, else the last expression) and counts "
+        "two as one vote when math-verify calls them equal (1/2, 0.5, \\frac{1}{2})"
     )
     max_tokens_limit: int | None = Field(None, ge=1, description="cap on max_tokens per request")
     keepalive_interval_s: float = Field(2.0, gt=0, description="SSE comment period while sampling")

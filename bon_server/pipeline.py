@@ -6,17 +6,26 @@ request still gets a plain 400). ``BestOfN.run`` then makes ONE generator call
 with ``n = best_of``, scores the candidates when the selector needs a verifier,
 and ranks them; or, for an adaptive plan, draws waves (one generator call each),
 scoring each wave as it lands, until ``search.should_stop`` or the cap.
+
+Answers become votes in one place, ``answers.AnswerGroups`` (wrapped here by ``Votes``): the
+selector, the stopping rule and the response all take its keys. A pairwise rule (``math``)
+runs sympy, so its grouping runs off the event loop, in a daemon thread, and the request waits
+for it at most ``GROUPING_TIMEOUT_S``; past that the request votes by text.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
-from .answers import DEFAULT_RULES, extract_answer
+from .answers import DEFAULT_RULES, AnswerGroups
 from .errors import BonError, InvalidRequestError, ServiceUnavailableError
 from .generators.base import Generator, PreparedRequest, StreamingGenerator
 from .metrics import Metrics
@@ -33,6 +42,85 @@ def _given(options: dict[str, float | int | None]) -> dict[str, float | int]:
 
 
 WAVE_SEED_STRIDE = 1_000_003  # wave w of a seeded request samples with seed + w * this
+# how long a request waits for its pairwise answer grouping (one wave's) before voting by text
+GROUPING_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread of its own, awaited. A daemon thread, not an executor's: sympy
+    cannot be interrupted, and an executor's threads are joined at exit, so one stuck
+    comparison would keep the server from stopping."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if done.done():  # the caller stopped waiting
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(cast(T, result))
+
+    def work() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as e:  # handed to the awaiting task, raised there
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=work, name="bon-answers", daemon=True).start()
+    return await done
+
+
+class Votes:
+    """A request's answers as votes: ``AnswerGroups`` over its candidates as they are drawn,
+    run off the loop where a rule compares pairwise. After a timeout the request votes by
+    text for all its candidates (one request never mixes the two); the grouping thread is
+    left to finish alone and never touched again."""
+
+    def __init__(self, rules: Sequence[str], timeout_s: float | None = None) -> None:
+        self.groups = AnswerGroups(rules)
+        self.timeout_s = GROUPING_TIMEOUT_S if timeout_s is None else timeout_s
+        self.texts: list[str] = []
+        self.answers: list[str | None] = []
+        self.timed_out = False
+
+    async def add(self, texts: Sequence[str]) -> None:
+        texts = list(texts)
+        self.texts.extend(texts)
+        if not self.groups.pairwise:
+            self.answers.extend(self.groups.add(texts))
+        elif self.timed_out:
+            self.answers.extend(self.groups.as_text(texts))
+        else:
+            groups = self.groups
+            try:
+                keys = await asyncio.wait_for(
+                    in_daemon_thread(lambda: groups.add(texts)), self.timeout_s
+                )
+            except TimeoutError:
+                self.timed_out = True
+                self.answers = self.groups.as_text(self.texts)
+                log.warning(
+                    "answer grouping (%s) took over %.1f s: this request votes by text",
+                    ",".join(self.groups.rules), self.timeout_s,
+                )
+                return
+            self.answers.extend(keys)
+
+    def report(self) -> None:
+        """One log line where answers were compared as text instead of by the rule."""
+        fallbacks = self.groups.fallbacks
+        if fallbacks and not self.timed_out:
+            log.info(
+                "answer rule %s compared %d of %d answers as text (%s)",
+                ",".join(self.groups.rules), sum(fallbacks.values()), len(self.texts),
+                ", ".join(f"{why}: {k}" for why, k in sorted(fallbacks.items())),
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +146,7 @@ class Policy:
     default_best_of: int = 4
     max_best_of: int = 64
     default_selector: str = "majority"
-    answer_rules: tuple[str, ...] = DEFAULT_RULES
+    answer_rules: tuple[str, ...] = DEFAULT_RULES  # see answers.AnswerGroups
     max_tokens_limit: int | None = None
     adaptive: bool = False  # --adaptive: requests that do not say are adaptive
     adaptive_params: Adaptive = Adaptive()  # --adaptive-wave, -min, -confidence, -threshold
@@ -207,7 +295,7 @@ class BestOfN:
         spec = SELECTORS[plan.selector]
         prompt = plan.request.prompt
         candidates: list[Candidate] = []
-        answers: list[str | None] = []
+        votes = Votes(self.policy.answer_rules)
         verifier_scores: list[float] | None = [] if spec.needs_verifier else None
         step_scores: list[list[float]] | None = None
         wave_of: list[int] = []
@@ -228,7 +316,6 @@ class BestOfN:
             if plan.drop_logprobs:
                 drawn = tuple(dataclasses.replace(c, logprobs=None) for c in drawn)
             candidates.extend(drawn)
-            answers.extend(extract_answer(c.text, self.policy.answer_rules) for c in drawn)
             wave_of.extend([wave] * len(drawn))
             if verifier_scores is not None:
                 scores, steps = await self._score(prompt, drawn, plan.aggregation)
@@ -238,14 +325,17 @@ class BestOfN:
             t2 = time.perf_counter()
             generate_s += t1 - t0
             score_s += t2 - t1
+            await votes.add([c.text for c in drawn])
             if (
                 plan.adaptive is not None
                 and wave < len(sizes) - 1
-                and should_stop(plan.selector, answers, verifier_scores, plan.adaptive)
+                and should_stop(plan.selector, votes.answers, verifier_scores, plan.adaptive)
             ):
                 stopped_early = True
                 break
 
+        votes.report()
+        answers = votes.answers
         selection = spec.fn(SelectorInput(candidates, answers, verifier_scores))
         tokens = self._record(plan, candidates, prompt_tokens, generate_s, score_s)
         skipped = plan.best_of - len(candidates)
@@ -296,15 +386,17 @@ class BestOfN:
         if plan.drop_logprobs:
             candidates = [dataclasses.replace(c, logprobs=None) for c in candidates]
         kept = [i for i in range(len(candidates)) if i not in drawn.pruned]
-        answers: list[str | None] = [
-            None if i in drawn.pruned else extract_answer(c.text, self.policy.answer_rules)
-            for i, c in enumerate(candidates)
-        ]
+        votes = Votes(self.policy.answer_rules)
+        await votes.add([candidates[i].text for i in kept])
+        votes.report()
+        answers: list[str | None] = [None] * len(candidates)  # a pruned candidate has none
+        for i, key in zip(kept, votes.answers, strict=True):
+            answers[i] = key
         verifier = drawn.verifier_scores
         selection = spec.fn(
             SelectorInput(
                 [candidates[i] for i in kept],
-                [answers[i] for i in kept],
+                votes.answers,
                 [verifier[i] for i in kept] if verifier is not None else None,
             )
         )

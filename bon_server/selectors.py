@@ -1,5 +1,8 @@
 """Selectors: given the candidates, their verifier scores and extracted answers, rank them.
 
+The answers are ``answers.AnswerGroups``' keys: equal keys are one vote (under ``math``, what
+math-verify calls equal), and the voting selectors count them with ``answers.tally``.
+
 Each selector returns a ``Selection``: the candidate indices best first, and per
 candidate the number it ranked by (that number is what the response reports as
 ``score``). Ties always break towards the earlier candidate, so a selection is
@@ -13,10 +16,10 @@ a pure function of its inputs.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .answers import tally
 from .types import Candidate
 
 
@@ -45,10 +48,7 @@ def verifier(inp: SelectorInput) -> Selection:
 
 def _grouped(answers: Sequence[str | None], weights: Sequence[float]) -> list[float]:
     """Each candidate's share of the total weight held by its answer; no answer, no share."""
-    totals: dict[str, float] = defaultdict(float)
-    for answer, w in zip(answers, weights, strict=True):
-        if answer is not None:
-            totals[answer] += w
+    totals = tally(answers, weights)
     whole = sum(weights) or 1.0
     return [totals[a] / whole if a is not None else 0.0 for a in answers]
 

@@ -15,6 +15,7 @@ from bon_server.answers import (
     final_line,
     last_number,
     normalize_answer,
+    tally,
 )
 
 # ------------------------------------------------------------------ final_line
@@ -95,7 +96,15 @@ def test_last_number_none():
 
 def test_default_rules_are_final_line_then_boxed():
     assert DEFAULT_RULES == ("final_line", "boxed")
-    assert set(ANSWER_RULES) == {"final_line", "boxed", "last_number", "expression_value"}
+    assert set(ANSWER_RULES) == {
+        "final_line", "boxed", "last_number", "math", "expression_value",
+    }
+
+
+def test_tally_sums_weights_per_key_in_order_of_first_appearance():
+    assert tally(["5", None, "6", "5"], [0.5, 9.0, 0.25, 1.0]) == {"5": 1.5, "6": 0.25}
+    assert list(tally(["b", "a", "b"], [1, 1, 1])) == ["b", "a"]
+    assert tally([None], [1.0]) == {}
 
 
 def test_extract_answer_first_matching_rule_wins():

@@ -10,17 +10,20 @@
     verifier            stop once the best verifier score reaches ``threshold``
 
 Every rule waits for ``min_candidates`` and the caller always stops at the cap
-(``best_of``). ``logprob`` has no rule: a request for it is refused.
+(``best_of``). ``logprob`` has no rule: a request for it is refused. The answers are
+``answers.AnswerGroups``' keys, counted by ``answers.tally`` as the selectors count them, so
+a rule stops on the groups the selector will vote over (under ``math``, math-verify's).
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..answers import tally
 
 ADAPTIVE_SELECTORS = ("majority", "weighted_majority", "verifier")
 
@@ -63,11 +66,7 @@ def beta_confidence(leader: float, runner_up: float) -> float:
 
 
 def _votes(answers: Sequence[str | None], weights: Sequence[float]) -> list[float]:
-    totals: dict[str, float] = defaultdict(float)
-    for answer, w in zip(answers, weights, strict=True):
-        if answer is not None:
-            totals[answer] += w
-    return sorted(totals.values(), reverse=True)
+    return sorted(tally(answers, weights).values(), reverse=True)
 
 
 def should_stop(
