@@ -14,8 +14,8 @@ from bon_server.tasks import get_task
 from bon_server.tasks.arith import parse_question, reference_solution
 from bon_server.tasks.base import EVAL_SEED, Stream
 from verifier_training.train import chats, sft
-from verifier_training.train.loop import lr_factor
 from verifier_training.train.tokenizer import END, build_tokenizer
+from verifier_training.train.trainer import lr_factor
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,8 @@
 Arranged by stage, each a subpackage:
 
 - ``data``: sample records (the source of truth), sampling them from a policy, step labels;
-- ``train``: the policy (SFT), the outcome and process reward models, the tokenizer, and the
-  one training loop they share;
+- ``train``: the policy (SFT), the outcome and process reward models, the tokenizer, on the
+  ``transformers.Trainer`` rails they share (``train/trainer.py``);
 - ``evaluate``: pass@k, Best-of-N curves and diagnostics, replays of the server's adaptive
   sampling and pruning;
 - ``posttrain``: rejection-sampling fine-tuning, DPO, distillation, data set export;

@@ -21,6 +21,8 @@ where its number ends).
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -34,8 +36,8 @@ from verifier_training.cli import command_parser
 from verifier_training.data.records import read_samples, write_json
 from verifier_training.evaluate.metrics import roc_auc
 from verifier_training.research import RESEARCH
+from verifier_training.train import trainer as rails
 from verifier_training.train.common import DEFAULT_POLICY, begin, pad
-from verifier_training.train.loop import Loop, Optimization
 from verifier_training.train.prm import FMT, add_step_token
 
 Line = tuple[str, bool, str]  # (line, arithmetically right, operator)
@@ -76,6 +78,18 @@ def build_model(arch: str, init: str, layers: int | None, vocab: int, pad_id: in
         num_hidden_layers=layers or base.num_hidden_layers,
         max_position_embeddings=base.max_position_embeddings, pad_token_id=pad_id, num_labels=2,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+class ProbeTrainer(rails.RailsTrainer):
+    """Cross-entropy of the 2-class head at each line's tag (its last token)."""
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        mask = inputs["attention_mask"]
+        logits = model(input_ids=inputs["input_ids"], attention_mask=mask).logits
+        tag = logits[torch.arange(len(mask), device=mask.device), mask.sum(1) - 1]
+        loss = F.cross_entropy(tag, inputs["labels"])
+        return (loss, tag) if return_outputs else loss
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,25 +171,44 @@ def main(argv: list[str] | None = None) -> int:
 
     def report() -> None:
         aucs = score_held_out()
-        minutes, smooth = loop.elapsed / 60, loop.smooth
-        history.append({"minutes": round(minutes, 2), "steps": loop.done,
+        minutes, smooth = progress.elapsed / 60, progress.smooth
+        history.append({"minutes": round(minutes, 2), "steps": progress.done,
                         "loss": None if smooth is None else round(smooth, 4), "auc": aucs})
-        print(f"{minutes:5.1f} {loop.done:6d} {smooth or float('nan'):7.4f}  "
+        print(f"{minutes:5.1f} {progress.done:6d} {smooth or float('nan'):7.4f}  "
               + "  ".join(f"{aucs[c] if aucs[c] is not None else float('nan'):6.3f}"
                           for c in columns), flush=True)
 
+    class EveryMinutes(rails.TrainerCallback):
+        next = args.eval_every_min
+
+        def on_step_begin(self, *a: Any, **kw: Any) -> None:
+            if progress.elapsed / 60 >= self.next:
+                report()
+                self.next += args.eval_every_min
+
+    def collate(lines: list[Line]) -> dict[str, torch.Tensor]:
+        ids = pad([encode(s) for s, _, _ in lines], tokenizer.pad_token_id)
+        return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).long(),
+                "labels": torch.tensor([int(ok) for _, ok, _ in lines])}
+
     # AdamW at a constant learning rate, no clipping; the budget or --max-steps ends it
-    loop = Loop(model, Optimization(lr=args.lr, min_lr_ratio=1.0, grad_clip=0.0),
-                args.max_steps or None, progress=False, time_budget_s=60 * args.minutes,
-                log_every=0, smoothing=0.03)
-    next_eval = args.eval_every_min
-    for _ in loop:
-        if loop.elapsed / 60 >= next_eval:
-            report()
-            next_eval += args.eval_every_min
-        batch = [train[rng.randrange(len(train))] for _ in range(args.batch_size)]
-        loop.update(F.cross_entropy(tag_logits([s for s, _, _ in batch]),
-                                    torch.tensor([int(ok) for _, ok, _ in batch])))
+    steps = args.max_steps or 10**9
+    scratch = tempfile.mkdtemp(prefix="probe-steps-")
+    targs = rails.rails_arguments(
+        argparse.Namespace(**{**vars(args), "weight_decay": 0.01, "beta2": 0.95,
+                              "no_progress": True}),
+        scratch, steps, 0, grad_clip=0.0, min_lr_ratio=1.0, time_budget_s=60 * args.minutes,
+        log_every=0, smoothing=0.03)
+    trainer = rails.build(
+        ProbeTrainer, model=model, args=targs, data_collator=collate,
+        train_dataset=rails.Batches(
+            lambda: [train[rng.randrange(len(train))] for _ in range(args.batch_size)], steps))
+    progress = rails.Progress(trainer)
+    trainer.add_callback(EveryMinutes())
+    try:
+        rails.train(trainer, argparse.Namespace(no_progress=True), scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     report()
     if args.out:
         write_json(args.out, {"flags": vars(args), "parameters": n_params,

@@ -16,7 +16,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from bon_server.tasks.base import EVAL_SEED, Stream
-from verifier_training.train.tokenizer import END, is_label_token
+from verifier_training.train.tokenizer import is_label_token
 
 SYSTEM_PROMPTS: tuple[str, ...] = (
     "You are a helpful assistant.",
@@ -76,11 +76,14 @@ def make_example(
             messages[:i], tokenize=False, add_generation_prompt=True
         )
         assert prompt.startswith(rendered)
+        # the answer: the content and what the template closes a turn with (<|end|> here)
+        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        assert turn.startswith(prompt + message["content"])
         context = tokenizer.encode(prompt[len(rendered) :], add_special_tokens=False)
-        answer = tokenizer.encode(message["content"] + END, add_special_tokens=False)
+        answer = tokenizer.encode(turn[len(prompt) :], add_special_tokens=False)
         ids += context + answer
         labels += (context if args.prompt_loss else [IGNORE] * len(context)) + answer
-        rendered = prompt + message["content"] + END
+        rendered = turn
     assert rendered == tokenizer.apply_chat_template(messages, tokenize=False)
     return ids, labels
 
@@ -158,9 +161,10 @@ class HeldOutLoss:
 
     def __call__(self, model: LlamaForCausalLM) -> dict[str, float]:
         model.eval()
+        device = next(model.parameters()).device
         with torch.no_grad():
-            logits = model(input_ids=self.ids, position_ids=self.positions,
-                           use_cache=False).logits[:, :-1]
+            logits = model(input_ids=self.ids.to(device), position_ids=self.positions.to(device),
+                           use_cache=False).logits[:, :-1].float().cpu()
         model.train()
         target = self.labels[:, 1:]
         keep = target != IGNORE

@@ -2,8 +2,9 @@
 of examples, and the saved run.
 
 Both read records of sampled candidates (one per candidate, or one per labelled step list),
-hold out a seeded fraction of the problems, train on the rest through ``loop.Loop`` and save
-a Hugging Face directory with its tokenizer and ``training_config.json``.
+hold out a seeded fraction of the problems, train on the rest on the ``trainer`` rails
+(``transformers.Trainer``) and save a Hugging Face directory with its tokenizer and
+``training_config.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 
 from verifier_training.data.records import write_json
-from verifier_training.train.loop import Loop, Optimization, add_optimizer_args
+from verifier_training.train import trainer as rails
 
 DEFAULT_POLICY = "bon_server/embedded/arith-policy"
 R = TypeVar("R")
@@ -26,31 +27,62 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 
+def add_base_args(p: argparse.ArgumentParser, head: str) -> None:
+    """``--base`` (alias ``--init``) and ``--tokenizer``."""
+    p.add_argument("--base", "--init", dest="init", default=DEFAULT_POLICY, metavar="MODEL",
+                   help=f"the starting weights: any Hugging Face causal LM (a local directory or a "
+                        f"hub id; default: the embedded arith policy) gets a new {head} on its "
+                        f"backbone, or a checkpoint that already has that head is trained further "
+                        f"(--init is the older name)")
+
+
 def add_training_args(p: argparse.ArgumentParser, batch_help: str) -> None:
-    """The optimisation and machine flags train-orm and train-prm share."""
+    """The optimisation, library and machine flags train-orm and train-prm share."""
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the data (if --steps 0)")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (0: from --epochs)")
     p.add_argument("--batch-size", type=int, default=64, help=batch_help)
     p.add_argument("--warmup-frac", type=float, default=0.05, help="warmup steps as a fraction")
-    add_optimizer_args(p, lr=1e-3)
+    rails.add_optimizer_args(p, lr=1e-3)
     p.add_argument("--bucket", type=int, default=8,
                    help="sort this many batches' worth of examples by length, then batch")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (a plain CPU run only: not on a GPU, not under "
+                        "accelerate launch)")
     p.add_argument("--time-budget-min", type=float, default=0.0,
                    help="stop early once training has run this many minutes (0: no limit); the "
                         "lr schedule stays the one for --steps, and the stop is recorded")
     p.add_argument("--eval-batch-size", type=int, default=128, help="batch size for validation")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    rails.add_library_args(p)
 
 
-def training_loop(args: argparse.Namespace, model: Any, n_train: int, desc: str) -> Loop:
-    """The loop of ``add_training_args``' flags: --steps (or --epochs over ``n_train``
-    examples), a warmup of --warmup-frac of them, the optimizer flags, --time-budget-min."""
-    steps = args.steps if args.steps > 0 else max(1, math.ceil(args.epochs * n_train
-                                                                / args.batch_size))
+def rails_arguments(args: argparse.Namespace, n_train: int) -> rails.RailsArguments:
+    """The Trainer's arguments of ``add_training_args``' flags: --steps (or --epochs over
+    ``n_train`` examples, counting every process's batches), a warmup of --warmup-frac of them,
+    the optimizer and library flags, --time-budget-min."""
+    if args.steps > 0:
+        steps = args.steps
+    else:
+        per_step = args.batch_size * args.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+        steps = max(1, math.ceil(args.epochs * n_train / per_step))
     warmup = max(1, round(args.warmup_frac * steps))
-    return Loop(model, Optimization.from_args(args, warmup), steps, desc=desc,
-                progress=not args.no_progress, time_budget_s=60 * args.time_budget_min)
+    return rails.rails_arguments(args, args.out, steps, warmup,
+                                 time_budget_s=60 * args.time_budget_min)
+
+
+def run(trainer_cls: Callable[..., rails.RailsTrainer], args: argparse.Namespace, model: Any,
+        tokenizer: Any, n_train: int, draw: Callable[[], list[Any]],
+        collator: Callable[[list[Any]], dict[str, Any]]) -> tuple[Any, rails.Progress]:
+    """Train ``model`` on batches from ``draw`` (``collator`` makes each a dict of tensors);
+    returns the trainer and its progress."""
+    targs = rails_arguments(args, n_train)
+    count = targs.max_steps * targs.gradient_accumulation_steps * targs.world_size
+    trainer = rails.build(trainer_cls, model=model, args=targs,
+                          train_dataset=rails.Batches(draw, count), data_collator=collator,
+                          processing_class=tokenizer)
+    progress = rails.Progress(trainer)
+    rails.train(trainer, args, args.out)
+    return trainer, progress
 
 
 def split_problems(problem_ids: Sequence[str], val_frac: float, seed: int) -> set[str]:
@@ -143,10 +175,10 @@ def problem_batches(
 
 
 def begin(args: argparse.Namespace) -> tuple[random.Random, Any]:
-    """Start a run: torch on ``--threads``, torch's generator seeded with ``--seed`` (a new
-    head's init draws from it), the data order's own generator from the same seed, and the
-    tokenizer of ``--tokenizer`` (default: ``--init``'s)."""
-    torch.set_num_threads(args.threads)
+    """Start a run: torch on ``--threads`` (CPU only), torch's generator seeded with ``--seed``
+    (a new head's init draws from it), the data order's own generator from the same seed, and
+    the tokenizer of ``--tokenizer`` (default: ``--base``'s)."""
+    rails.set_threads(args.threads)
     torch.manual_seed(args.seed)
     return random.Random(args.seed), load_tokenizer(getattr(args, "tokenizer", None) or args.init)
 
@@ -161,26 +193,31 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def finish(args: argparse.Namespace, command: str, loop: Loop, model: Any, tokenizer: Any, *,
-           val: dict[str, Any], data: dict[str, Any], resolved: dict[str, Any],
-           described: dict[str, Any]) -> None:
-    """Report the run and save it to ``--out`` (``save_run``), its record holding the flags,
-    what was resolved from them, the model (``described`` adds to its class and size), the
-    data, the training and the validation metrics."""
-    print(loop.summary())
+def finish(args: argparse.Namespace, command: str, trainer: Any, progress: rails.Progress,
+           model: Any, tokenizer: Any, *, val: dict[str, Any], data: dict[str, Any],
+           resolved: dict[str, Any], described: dict[str, Any]) -> None:
+    """Report the run and save it to ``--out`` (``save_run``, on the main process), its record
+    holding the flags, what was resolved from them, the model (``described`` adds to its class
+    and size), the data, the training and the validation metrics. ``model`` is the trained
+    model (LoRA merged in: ``trainer.trained_model``)."""
+    if not trainer.is_world_process_zero():
+        return
+    print(progress.summary(trainer.args.max_steps))
     print("val: " + "  ".join(f"{k} {v}" for k, v in val.items()))
     model.eval()
     save_run(args.out, model, tokenizer, {
         "command": f"python -m verifier_training {command}",
         "flags": vars(args),
-        "resolved": {"steps": loop.steps, "steps_done": loop.done,
-                     "warmup_steps": loop.opt.warmup, **resolved},
+        "resolved": {"steps": trainer.args.max_steps, "steps_done": progress.done,
+                     "warmup_steps": int(trainer.args.warmup_steps),
+                     **rails.library_record(args, trainer), **resolved},
         "model": {"class": type(model).__name__,
                   "parameters": sum(p.numel() for p in model.parameters()),
                   "init": args.init, **described},
         "data": data,
-        "result": {"final_smoothed_loss": None if loop.smooth is None else round(loop.smooth, 5),
-                   "train_seconds": round(loop.seconds, 1), "val": val,
+        "result": {"final_smoothed_loss": None if progress.smooth is None
+                   else round(progress.smooth, 5),
+                   "train_seconds": round(progress.seconds, 1), "val": val,
                    "torch": torch.__version__},
     })
     print(f"saved to {args.out}")

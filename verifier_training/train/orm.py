@@ -8,9 +8,13 @@ policy's own weights (``LlamaForSequenceClassification`` with one label: the bac
 policy's, the score head is new) and uses the policy's tokenizer. Each example is
 ``format_for_orm(tokenizer, prompt, completion)``, the very function the server's
 ``ORMScorer`` applies, labelled with the record's ``correct``; the loss is binary
-cross-entropy on the one logit (the scorer reads it through a sigmoid). AdamW, linear warmup
-then cosine decay, seeded; examples are bucketed by length to waste little compute on
-padding.
+cross-entropy on the one logit (the scorer reads it through a sigmoid), plus optionally a
+Bradley-Terry loss over same-problem pairs. It trains on ``transformers.Trainer``
+(``ORMTrainer``: the loss above; the rails are ``trainer``'s: AdamW, linear warmup then cosine
+decay, seeded; gradient accumulation, checkpoints, bf16, LoRA, ``accelerate launch``);
+examples are bucketed by length to waste little compute on padding::
+
+    accelerate launch -m verifier_training train-orm --records R --base MODEL --out DIR --bf16
 
 Identical completions of a problem are trained on once (``--keep-duplicates`` to keep
 them). A seeded fraction of the *problems* is held out (``--val-frac``); on it the script reports
@@ -19,13 +23,14 @@ same problem) and Best-of-K accuracy of the ORM's argmax.
 
 The output directory is a Hugging Face model (``save_pretrained``) with its tokenizer and
 ``training_config.json``: every resolved flag, data statistics, final metrics and wall time.
-This module owns the ORM's data and loss; the optimisation is ``loop``'s, the text layout
+This module owns the ORM's data and loss; the optimisation is ``trainer``'s, the text layout
 belongs to ``bon_server``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -38,11 +43,17 @@ from verifier_training.cli import command_parser
 from verifier_training.data.records import SampleRecord, read_samples
 from verifier_training.evaluate.metrics import pairwise_accuracy
 from verifier_training.train import common
+from verifier_training.train import trainer as rails
 
 
-def pairwise_loss(logits: torch.Tensor, y: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
-    """Bradley-Terry: -log sigmoid(s_correct - s_incorrect) over same-problem pairs."""
-    same = torch.tensor([[a == b for b in groups] for a in groups])
+def pairwise_loss(logits: torch.Tensor, y: torch.Tensor,
+                  groups: Sequence[str] | torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: -log sigmoid(s_correct - s_incorrect) over same-problem pairs
+    (``groups``: each example's problem, as names or as integer ids)."""
+    if not isinstance(groups, torch.Tensor):
+        names = {g: k for k, g in enumerate(dict.fromkeys(groups))}
+        groups = torch.tensor([names[g] for g in groups], device=logits.device)
+    same = groups[:, None] == groups[None, :]
     pairs = same & (y[:, None] > 0.5) & (y[None, :] < 0.5)
     if not pairs.any():
         return logits.sum() * 0.0
@@ -70,6 +81,39 @@ def hard_negatives(records: Sequence[SampleRecord], rate: float,
                 out.append(replace(r, completion=text, correct=False,
                                    answer=None, sample_index=-1 - k))
     return out
+
+
+# ---------------------------------------------------------------------------------- training
+
+def collate(examples: Sequence[tuple[list[int], float, int]], pad_id: int) -> dict[str, Any]:
+    """(token ids, label, problem number) examples -> a right-padded batch."""
+    ids = common.pad([e[0] for e in examples], pad_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(examples):
+        mask[i, : len(e[0])] = 1
+    return {"input_ids": ids, "attention_mask": mask,
+            "labels": torch.tensor([e[1] for e in examples]),
+            "groups": torch.tensor([e[2] for e in examples])}
+
+
+class ORMTrainer(rails.RailsTrainer):
+    """BCE on the one logit (``pos_weight``), plus ``pairwise_weight`` x ``pairwise_loss``."""
+
+    def __init__(self, *a: Any, pos_weight: float = 1.0, pairwise_weight: float = 0.0,
+                 **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.pos_weight, self.pairwise_weight = pos_weight, pairwise_weight
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        logits = model(input_ids=inputs["input_ids"],
+                       attention_mask=inputs["attention_mask"]).logits[:, 0].float()
+        y = inputs["labels"]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=torch.tensor(self.pos_weight, device=logits.device))
+        if self.pairwise_weight > 0:
+            loss = loss + self.pairwise_weight * pairwise_loss(logits, y, inputs["groups"])
+        return (loss, logits) if return_outputs else loss
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -117,10 +161,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="per correct training candidate, this many edited wrong copies on "
                         "average (the task's corrupt: a forged step, a swapped number); 0: none")
     p.add_argument("--out", required=True, help="output model directory (files overwritten)")
-    p.add_argument("--init", default=common.DEFAULT_POLICY,
-                   help="starting weights: the policy directory (default; a new 1-logit head on "
-                        "its backbone) or any checkpoint AutoModelForSequenceClassification loads")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --init)")
+    common.add_base_args(p, "1-logit sequence-classification head "
+                            "(AutoModelForSequenceClassification, num_labels=1)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --base)")
     p.add_argument("--seed", type=int, default=0, help="seed for head init, data order, split")
     p.add_argument("--val-frac", type=float, default=0.05,
                    help="fraction of problems held out for validation metrics")
@@ -178,26 +221,26 @@ def main(argv: list[str] | None = None) -> int:
         model.config.pad_token_id = tokenizer.pad_token_id
     pad_id = model.config.pad_token_id
 
-    # --- optimisation -----------------------------------------------------------------------
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(args.pos_weight))
+    model = rails.with_lora(model, args, "SEQ_CLS")
+
+    # --- optimisation: batches of similar lengths, or of whole problems -----------------------
     if args.pairwise_weight > 0:
         batches = common.problem_batches([r.problem_id for r in train], args.batch_size, rng)
     else:
         batches = common.length_batches([len(x) for x in train_ids], args.batch_size,
                                         args.bucket, rng)
-    loop = common.training_loop(args, model, len(train), desc="train-orm")
-    for _ in loop:
-        idx = next(batches)
-        ids = common.pad([train_ids[i] for i in idx], pad_id)
-        logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits[:, 0]
-        loss = loss_fn(logits.float(), train_y[idx])
-        if args.pairwise_weight > 0:
-            loss = loss + args.pairwise_weight * pairwise_loss(
-                logits.float(), train_y[idx], [train[i].problem_id for i in idx])
-        loop.update(loss)
+    number = {pid: k for k, pid in enumerate(dict.fromkeys(r.problem_id for r in train))}
+    examples = [(x, float(r.correct), number[r.problem_id])
+                for x, r in zip(train_ids, train, strict=True)]
+    trainer, progress = common.run(
+        functools.partial(ORMTrainer, pos_weight=args.pos_weight,
+                          pairwise_weight=args.pairwise_weight),
+        args, model, tokenizer, len(train), lambda: [examples[i] for i in next(batches)],
+        functools.partial(collate, pad_id=pad_id))
 
     # --- validation and save ---------------------------------------------------------------
-    common.finish(args, "train-orm", loop, model, tokenizer,
+    model = rails.trained_model(trainer)
+    common.finish(args, "train-orm", trainer, progress, model, tokenizer,
            val=orm_metrics(val, predict(model, tokenizer, val_texts, args.eval_batch_size)),
            data=stats, resolved={},
            described={"num_labels": 1, "read_as": "sigmoid(logit) = P(correct)"})

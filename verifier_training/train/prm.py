@@ -15,6 +15,10 @@ Identical step lists of a problem are trained on once (``--keep-duplicates`` to 
 Labels come from the k-of-M counts of ``label-steps``: hard by default (good iff k > 0,
 cross-entropy), or soft (``--soft-labels``: cross-entropy against [1 - k/M, k/M]).
 
+It trains on ``transformers.Trainer`` (``PRMTrainer``: that cross-entropy at the tags; the
+rails, ``accelerate launch``, ``--grad-accum``, checkpoints, ``--bf16`` and ``--lora`` are
+``trainer``'s; with ``--lora`` the ``<|step|>`` embedding is trained in full).
+
 A seeded fraction of problems is held out (``--val-frac``): step accuracy, ProcessBench
 first-error F1 and Best-of-K accuracy are reported on it, read by the server's own
 ``PRMScorer``. The output directory is a Hugging Face model with its tokenizer and
@@ -25,6 +29,7 @@ is detected from ``<|step|>``) and with vLLM's pooling runner.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +41,7 @@ from verifier_training.cli import command_parser
 from verifier_training.data.records import StepLabelRecord, first_error, read_labels
 from verifier_training.evaluate.metrics import first_error_f1
 from verifier_training.train import common
+from verifier_training.train import trainer as rails
 
 FMT = STEP_FORMATS["bon"]
 IGNORE = -100
@@ -68,6 +74,34 @@ def step_probs(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], li
     return result
 
 
+def collate(examples: Sequence[tuple[list[int], list[int], list[float]]],
+            pad_id: int) -> dict[str, Any]:
+    """(token ids, tag positions, per-step targets) examples -> a right-padded batch with the
+    (row, column) of every tag and its target."""
+    ids = common.pad([e[0] for e in examples], pad_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(examples):
+        mask[i, : len(e[0])] = 1
+    return {"input_ids": ids, "attention_mask": mask,
+            "rows": torch.tensor([b for b, e in enumerate(examples) for _ in e[1]]),
+            "cols": torch.tensor([p for e in examples for p in e[1]]),
+            "targets": torch.tensor([t for e in examples for t in e[2]])}
+
+
+class PRMTrainer(rails.RailsTrainer):
+    """Cross-entropy of the 2-class head at the tags against [1 - p, p] (p: the step's
+    target; with hard 0/1 targets the usual cross-entropy)."""
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        logits = model(input_ids=inputs["input_ids"],
+                       attention_mask=inputs["attention_mask"]).logits
+        logp = torch.log_softmax(logits[inputs["rows"], inputs["cols"]].float(), dim=-1)
+        target = inputs["targets"]
+        loss = -(target * logp[:, 1] + (1 - target) * logp[:, 0]).mean()
+        return (loss, logits) if return_outputs else loss
+
+
 def prm_metrics(records: Sequence[StepLabelRecord], scores: Sequence[Sequence[float]],
                 threshold: float = 0.5) -> dict[str, Any]:
     if not records:
@@ -94,11 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = command_parser("train-prm", __doc__)
     p.add_argument("--labels", required=True, help="JSONL of StepLabelRecords to train on")
     p.add_argument("--out", required=True, help="output model directory (files overwritten)")
-    p.add_argument("--init", default=common.DEFAULT_POLICY,
-                   help="starting weights: the policy directory (default; a new 2-class token "
-                        "head on its backbone) or any AutoModelForTokenClassification checkpoint")
+    common.add_base_args(p, "2-class token-classification head "
+                            "(AutoModelForTokenClassification, num_labels=2)")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory (default: --init); <|step|> is added if missing")
+                   help="tokenizer directory (default: --base); <|step|> is added if missing")
     p.add_argument("--soft-labels", action="store_true",
                    help="train on k/M (soft) instead of the default hard labels (k > 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for head init, data order, split")
@@ -160,24 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     model.config.id2label = {0: "bad", 1: "good"}
     model.config.label2id = {"bad": 0, "good": 1}
     pad_id = model.config.pad_token_id
+    model = rails.with_lora(model, args, "TOKEN_CLS",
+                            [tokenizer.convert_tokens_to_ids(FMT.tag)] if added else None)
 
     # --- optimisation -------------------------------------------------------------------------
     batches = common.length_batches([len(e[0]) for e in train_enc], args.batch_size,
                                     args.bucket, rng)
-    loop = common.training_loop(args, model, len(train), desc="train-prm")
-    for _ in loop:
-        idx = next(batches)
-        ids = common.pad([train_enc[i][0] for i in idx], pad_id)
-        rows = [b for b, i in enumerate(idx) for _ in train_enc[i][1]]
-        cols = [p for i in idx for p in train_enc[i][1]]
-        target = torch.tensor([t for i in idx for t in train_targets[i]])
-        logits = model(input_ids=ids, attention_mask=(ids != pad_id).long()).logits
-        logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # (tagged steps, 2)
-        # cross-entropy against [1 - p, p]; with hard 0/1 targets it is the usual CE
-        loop.update(-(target * logp[:, 1] + (1 - target) * logp[:, 0]).mean())
+    examples = [(ids, positions, t) for (ids, positions), t in
+                zip(train_enc, train_targets, strict=True)]
+    trainer, progress = common.run(PRMTrainer, args, model, tokenizer, len(train),
+                                   lambda: [examples[i] for i in next(batches)],
+                                   functools.partial(collate, pad_id=pad_id))
 
     # --- validation and save -----------------------------------------------------------------
-    common.finish(args, "train-prm", loop, model, tokenizer,
+    model = rails.trained_model(trainer)
+    common.finish(args, "train-prm", trainer, progress, model, tokenizer,
            val=prm_metrics(val, step_probs(model, tokenizer, val_enc, args.eval_batch_size)),
            data=stats, resolved={"step_format": FMT.name,
                                  "step_token_added": added,

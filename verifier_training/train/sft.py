@@ -13,9 +13,19 @@ chats. Each step's examples are packed into rows with attention kept within each
 its own. The run is seeded and reproducible on the same torch version and thread count.
 
 The model is a fresh ``LlamaForCausalLM`` of the given shape (``--mimetic-init``: attention
-started as copiers), or ``--init``'s weights and tokenizer, trained further. (The shipped
-paths policy started from hand-built weights: ``python -m verifier_training.research
+started as copiers), or ``--base``'s (alias ``--init``) weights and tokenizer, trained
+further: any Hugging Face causal LM whose chat template renders the task's chats. (The
+shipped paths policy started from hand-built weights: ``python -m verifier_training.research
 paths-init`` writes them, then this command trains them with ``--init``.)
+
+Training runs on ``transformers.Trainer`` (``PolicyTrainer``: the causal LM loss over the
+labelled tokens of each step's packed rows; the rails are ``trainer``'s), which brings
+``--grad-accum``, checkpoints (``--save-steps``, ``--resume``), ``--bf16``, ``--lora`` and
+``accelerate launch``. Not TRL's ``SFTTrainer``: it packs and normalises a tokenized dataset
+its own way, while here every step draws fresh problems, packs them first-fit with restarting
+position ids and averages the loss over that step's labelled tokens (``answer_loss`` projects
+only those onto the vocabulary), which keeps the weights of the hand-written loop it
+replaced.
 
 Evaluation problems are kept out of training by prompt: the first ``--exclude-eval``
 problems of the held-out stream (seed 1234, what ``passk``, ``sample`` and ``evaluate``
@@ -28,6 +38,7 @@ the tokenizer with its chat template) plus ``training_config.json`` with every r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -45,6 +56,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa
 from bon_server.tasks import TASKS, get_task  # noqa: E402
 from bon_server.tasks.base import HELD_OUT, Stream, held_out_questions  # noqa: E402
 from verifier_training.cli import command_parser  # noqa: E402
+from verifier_training.train import trainer as rails  # noqa: E402
 from verifier_training.train.chats import (  # noqa: E402
     HeldOutLoss,
     add_chat_args,
@@ -52,7 +64,6 @@ from verifier_training.train.chats import (  # noqa: E402
     make_example,
     pack,
 )
-from verifier_training.train.loop import Loop, Optimization, add_optimizer_args  # noqa: E402
 from verifier_training.train.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
 
 TOKENIZERS = ("auto", "char", "numbers", "arrows", "edges")
@@ -102,10 +113,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--task", default="arith", choices=list(TASKS), help="the world to learn")
     p.add_argument(
+        "--base",
         "--init",
+        dest="init",
         default=None,
-        help="continue training this policy directory (its tokenizer and shape; the model "
-        "flags are ignored; give another --seed for fresh problems)",
+        metavar="MODEL",
+        help="continue training this causal LM (a policy directory or any Hugging Face causal "
+        "LM, local or a hub id: its tokenizer and shape; the model flags are ignored; give "
+        "another --seed for fresh problems; --init is the older name)",
     )
     p.add_argument(
         "--exclude-eval",
@@ -120,10 +135,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--warmup-steps", type=int, default=100, help="linear warmup steps before the cosine decay"
     )
-    add_optimizer_args(p, lr=2e-3)
+    rails.add_optimizer_args(p, lr=2e-3)
     add_chat_args(p)
+    rails.add_library_args(p)
     # machine
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (a plain CPU run only: not on a GPU, not under "
+                        "accelerate launch)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     return p.parse_args(argv)
 
@@ -179,15 +197,60 @@ def new_policy(args: argparse.Namespace, task: str) -> tuple[Any, str, LlamaForC
     return tokenizer, kind, model
 
 
-def load_policy(directory: str) -> tuple[Any, str, LlamaForCausalLM]:
-    """(tokenizer, its kind, model) of a policy directory, to train further."""
-    from transformers import AutoTokenizer
+def load_policy(directory: str) -> tuple[Any, str, Any]:
+    """(tokenizer, its kind, model) of a causal LM directory (or hub id), to train further."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     vocab = tokenizer.get_vocab()
     kind = "edges" if "12>3" in vocab else "arrows" if "12>" in vocab else (
         "numbers" if "12" in vocab else "char")
-    return tokenizer, kind, LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return tokenizer, kind, AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+
+
+def collate(examples: list[tuple[list[int], list[int]]], width: int, pad_id: int) -> dict:
+    """A step's examples packed into rows (``chats.pack``)."""
+    ids, labels, positions = pack(examples, width, pad_id)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+class PolicyTrainer(rails.RailsTrainer):
+    """The causal LM loss, mean over the labelled tokens of the packed rows (``answer_loss``,
+    which projects only those onto the vocabulary, when ``answer_only`` and the model is not
+    wrapped for distributed training: its forward must go through the wrapper)."""
+
+    def __init__(self, *a: Any, answer_only: bool = False, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.answer_only = answer_only
+
+    def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        ids, labels, positions = inputs["input_ids"], inputs["labels"], inputs["position_ids"]
+        if self.answer_only and model is self.model:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            loss = answer_loss(base, ids, labels, positions)
+        else:
+            # use_cache=False: with a cache, transformers would not detect the packing (see pack)
+            loss = model(input_ids=ids, position_ids=positions, labels=labels,
+                         use_cache=False).loss
+        return (loss, None) if return_outputs else loss
+
+
+class HeldOutLines(rails.TrainerCallback):
+    """``HeldOutLoss`` every ``--eval-every`` steps and at the last, printed."""
+
+    def __init__(self, held_out: HeldOutLoss, every: int, trainer: Any) -> None:
+        self.held_out, self.every, self.trainer = held_out, every, trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step - 1
+        if step % self.every == 0 or state.global_step == state.max_steps:
+            found = self.held_out(self.trainer.model)
+            if self.trainer.is_world_process_zero():
+                print(f"held-out step {step:5d}  " + "  ".join(
+                    f"{k} {v:.3f}" for k, v in found.items()), flush=True)
 
 
 def special_ids(tokenizer: Any) -> dict[str, int]:
@@ -221,7 +284,7 @@ def save_policy(model: LlamaForCausalLM, tokenizer: Any, out: str, record: dict)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    rails.set_threads(args.threads)
     torch.manual_seed(args.seed)
     task = get_task(args.task)
     excluded = held_out_questions(task, args.exclude_eval)
@@ -239,23 +302,24 @@ def main(argv: list[str] | None = None) -> int:
     # run from --init and one from a fresh init agree whatever building the init drew.
     torch.manual_seed(args.seed)
     held_out = HeldOutLoss(task, tokenizer, args) if args.eval_every > 0 else None
-    loop = Loop(model, Optimization.from_args(args, args.warmup_steps), args.steps, desc="sft",
-                progress=not args.no_progress)
-    for step in loop:
-        examples = [make_example(stream, tokenizer, args) for _ in range(args.batch_size)]
-        ids, labels, positions = pack(examples, args.pack_len, tokenizer.pad_token_id)
-        if kind == "edges":
-            loss = answer_loss(model, ids, labels, positions)
-        else:
-            # use_cache=False: with a cache, transformers would not detect the packing (see pack).
-            loss = model(input_ids=ids, position_ids=positions, labels=labels,
-                         use_cache=False).loss
-        loop.update(loss)
-        if held_out is not None and (step % args.eval_every == 0 or step == args.steps - 1):
-            found = held_out(model)
-            print(f"held-out step {step:5d}  " + "  ".join(f"{k} {v:.3f}" for k, v in
-                                                          found.items()), flush=True)
-    print(loop.summary())
+    model = rails.with_lora(model, args, "CAUSAL_LM")
+    targs = rails.rails_arguments(args, args.out, args.steps, args.warmup_steps)
+    count = targs.max_steps * targs.gradient_accumulation_steps * targs.world_size
+    draw = lambda: [make_example(stream, tokenizer, args)  # noqa: E731
+                    for _ in range(args.batch_size)]
+    trainer = rails.build(
+        PolicyTrainer, answer_only=kind == "edges", model=model, args=targs,
+        train_dataset=rails.Batches(draw, count), processing_class=tokenizer,
+        data_collator=functools.partial(collate, width=args.pack_len,
+                                        pad_id=tokenizer.pad_token_id))
+    progress = rails.Progress(trainer)
+    if held_out is not None:
+        trainer.add_callback(HeldOutLines(held_out, args.eval_every, trainer))
+    rails.train(trainer, args, args.out)
+    model = rails.trained_model(trainer)
+    if not trainer.is_world_process_zero():
+        return 0
+    print(progress.summary(args.steps))
     repeat = stream.skipped / max(1, stream.drawn)
     print(f"held-out prompts skipped: {stream.skipped} of {stream.drawn} draws ({repeat:.2%})")
 
@@ -263,13 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m verifier_training sft",
         "init_training_config": training_config(args.init) if args.init else None,
         "flags": vars(args),
-        "model": {"class": "LlamaForCausalLM", "parameters": n_params,
+        "model": {"class": type(model).__name__, "parameters": n_params,
                   "vocab_size": len(tokenizer), "tokenizer": kind},
         "data": {"task": task.name, "problems_drawn": stream.drawn,
                  "held_out_prompts_skipped": stream.skipped,
                  "held_out_repeat_rate": round(repeat, 5)},
-        "result": {"final_smoothed_loss": None if loop.smooth is None else round(loop.smooth, 5),
-                   "train_seconds": round(loop.seconds, 1), "torch": torch.__version__},
+        "training": rails.library_record(args, trainer),
+        "result": {"final_smoothed_loss": None if progress.smooth is None
+                   else round(progress.smooth, 5),
+                   "train_seconds": round(progress.seconds, 1), "torch": torch.__version__},
     })
 
     # --- one greedy sample as a sanity check -------------------------------------------------
@@ -277,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": problem.question}], tokenize=False, add_generation_prompt=True
     )
-    x = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)])
+    x = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=model.device)
     with torch.no_grad():
         out = model.generate(
             x, attention_mask=torch.ones_like(x), max_new_tokens=128, do_sample=False
