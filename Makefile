@@ -44,7 +44,7 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs serve -a $(HOST):8001
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bon_server verifier_training loadtest tests docs
+	$(VENV)/bin/ruff check bon_server verifier_training loadtest tests docs examples
 
 clean:
 	rm -rf $(VENV)

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     prm_aggregation: Literal["min", "prod", "last", "mean"] = Field(
         "min", description="default PRM step-score aggregation"
     )
+    step_separator: str | None = Field(
+        None, description="how the PRM cuts a candidate into steps: line|blank|TEXT; None: the "
+        "world's (one step a line)"
+    )
     verifier_trust_remote_code: bool = Field(
         False, description="let transformers run the verifier's own code (Qwen2.5-Math-PRM)"
     )

@@ -25,7 +25,7 @@ from .protocol import (
     StepInfo,
     Usage,
 )
-from .scorers.steps import split_steps
+from .scorers.steps import DEFAULT_SEPARATOR, split_steps
 from .types import BestOfNResult, TokenLogprob
 
 
@@ -37,6 +37,7 @@ class ResponseMeta:
     n: int
     return_candidates: bool = False
     include_usage: bool = False
+    step_separator: str = DEFAULT_SEPARATOR  # the PRM's: the page shows the steps it scored
 
 
 def usage(results: Sequence[BestOfNResult]) -> Usage:
@@ -47,10 +48,11 @@ def usage(results: Sequence[BestOfNResult]) -> Usage:
     )
 
 
-def _steps(text: str, scores: Sequence[float]) -> list[StepInfo]:
-    """A candidate's steps with the PRM's scores: the scores belong to the LAST steps (a text
-    longer than the PRM's context loses its first steps, which have none)."""
-    steps = split_steps(text)
+def _steps(text: str, scores: Sequence[float], separator: str) -> list[StepInfo]:
+    """A candidate's steps (cut as the PRM cut them) with the PRM's scores: the scores belong
+    to the LAST steps (a text longer than the PRM's context loses its first steps, which have
+    none)."""
+    steps = split_steps(text, separator)
     cut = len(steps) - len(scores)
     return [
         StepInfo(text=t, score=scores[i - cut] if i >= cut else None) for i, t in enumerate(steps)
@@ -70,7 +72,8 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
                 answer=result.answers[i],
                 finish_reason="pruned" if i in pruned else c.finish_reason,
                 completion_tokens=len(c.token_ids),
-                steps=_steps(c.text, result.step_scores[i]) if result.step_scores else None,
+                steps=(_steps(c.text, result.step_scores[i], meta.step_separator)
+                       if result.step_scores else None),
                 wave=result.search.wave_of[i] if result.search.wave_of else 0,
                 state="pruned" if i in pruned else "finished",
             )

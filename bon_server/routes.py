@@ -48,6 +48,7 @@ from .responses import (
     completion_chunks,
     completion_response,
 )
+from .scorers.steps import resolve_separator
 from .streaming import SHUTTING_DOWN, stream_result
 from .tasks import TASKS
 from .types import Prompt
@@ -197,6 +198,10 @@ def _disconnected_response(record: AccessRecord) -> Response:
     return Response(status_code=499)
 
 
+def _separator(request: Request) -> str:
+    return resolve_separator(request.app.state.settings.step_separator)
+
+
 def _limits(request: Request) -> tuple[int, int]:
     settings = request.app.state.settings
     return settings.max_messages, settings.max_message_chars
@@ -220,7 +225,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         **body.search_options(),
     )
     meta = ResponseMeta(
-        completion_id("chatcmpl"), now(), model, body.n, body.return_candidates, body.include_usage
+        completion_id("chatcmpl"), now(), model, body.n, body.return_candidates, body.include_usage,
+        _separator(request),
     )
     return await _serve(
         request,
@@ -259,7 +265,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     ]
     echo = [p.text or "" for p in prompts] if body.echo else None
     meta = ResponseMeta(
-        completion_id("cmpl"), now(), model, body.n, body.return_candidates, body.include_usage
+        completion_id("cmpl"), now(), model, body.n, body.return_candidates, body.include_usage,
+        _separator(request),
     )
 
     async def work() -> list:

@@ -13,6 +13,8 @@ from typing import TextIO
 
 import httpx
 
+from bon_server.tasks.args import add_task_args
+
 from .client import Endpoint, parse_compare
 from .report import TABLE, table_cells
 
@@ -69,13 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="'inf' (as fast as concurrency allows) or 'poisson:R' (R req/s, seeded)",
     )
     run.add_argument("--requests", type=int, default=64, help="requests per cell and endpoint")
-    run.add_argument(
-        "--dataset",
-        default=None,
-        help="a world (arith, countdown, paths: fresh problems graded by its checker) or a "
-        "JSONL file of {messages|prompt, answer|task} (default: the world --base-url serves, "
-        "from its /v1/bon/problem; arith when it does not say)",
-    )
+    # --task WORLD, or --dataset: a world's name, a dataset file (as the training tools read
+    # it, with the same flags), or a JSONL file of {messages|prompt, answer|task}; neither: the
+    # world --base-url serves (its /v1/bon/problem), arith when it does not say
+    add_task_args(run, worlds_in_dataset=True)
     run.add_argument(
         "--selector", default=None, help="selector for Best-of-N endpoints (default: the server's)"
     )
@@ -148,17 +147,24 @@ def served_world(base_url: str, api_key: str | None) -> str | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
+    from bon_server.tasks.args import task_from_args
+
+    from .datasets import load_dataset, own_form, task_items
     from .runner import RunConfig, run
 
     if args.requests < 1:
         raise SystemExit("--requests must be >= 1")
     endpoints = [Endpoint(args.name, args.base_url.rstrip("/"), "auto", args.model, args.api_key)]
+    if args.task is not None:
+        args.dataset = args.task
     if args.dataset is None:
         args.dataset = served_world(endpoints[0].base_url, args.api_key) or "arith"
     try:
         endpoints += [parse_compare(spec, args.api_key) for spec in args.compare]
-        items = load_dataset(args.dataset, args.requests, args.seed)
+        if os.path.exists(args.dataset) and not own_form(args.dataset):
+            items = task_items(task_from_args(args), args.requests)
+        else:
+            items = load_dataset(args.dataset, args.requests, args.seed)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     endpoints = [Endpoint(e.name, e.base_url, e.kind, args.model, e.api_key) for e in endpoints]

@@ -1,5 +1,7 @@
-"""Prompts with what grades them: a task world (``arith``, ``countdown``, ``paths``), or a
-JSONL file.
+"""Prompts with what grades them: a task world (``arith``, ``countdown``, ``paths``), a
+dataset file read as the training tools read it (``bon_server.tasks.dataset``: GSM8K, MATH or
+plain fields, any format ``datasets`` reads, graded by its checker, math-verify by default),
+or a JSONL file in the load tester's own form.
 
 A file line is ``{"messages": [...], "answer": "..."}`` (sent to /v1/chat/completions)
 or ``{"prompt": "...", "answer": "..."}`` (sent to /v1/completions), graded by comparing the
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bon_server.answers import extract_answer, normalize_answer
+from bon_server.tasks.base import EVAL_SEED
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +112,37 @@ def read_jsonl(path: Path) -> list[Item]:
 
 
 def _tasks() -> list[str]:
-    from bon_server.tasks import TASKS
+    from bon_server.tasks import WORLDS
 
-    return list(TASKS)
+    return list(WORLDS)
+
+
+def task_items(task: Any, count: int) -> list[Item]:
+    """``count`` items of a dataset task (``tasks.args.task_from_args``), its problems in file
+    order, cycled when fewer; sent as chats (its system prompt first), graded by its checker."""
+    problems = task.problems(None, 0) + task.problems(None, EVAL_SEED)  # training, held out
+    problems.sort(key=lambda p: p.row)
+    head = ({"role": "system", "content": task.system_prompt},) if task.system_prompt else ()
+    items = [Item(p.answer, messages=(*head, {"role": "user", "content": p.question}),
+                  task=task.name) for p in problems]
+    return [items[i % len(items)] for i in range(count)]
+
+
+def own_form(spec: str) -> bool:
+    """Whether a file is in the load tester's own form: JSONL whose rows carry ``messages``
+    or ``task`` (any other file is read as a dataset)."""
+    path = Path(spec)
+    if not (path.is_file() and path.suffix == ".jsonl"):
+        return False
+    with path.open() as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return True  # let its reader name the line
+            if isinstance(row, dict) and ("messages" in row or "task" in row):
+                return True
+    return False
 
 
 def load_dataset(spec: str, count: int, seed: int = 0) -> list[Item]:
@@ -122,6 +153,11 @@ def load_dataset(spec: str, count: int, seed: int = 0) -> list[Item]:
     if spec in _tasks():
         return world_items(spec, count, seed)
     path = Path(spec)
+    if path.exists() and not own_form(spec):
+        from bon_server.tasks import register
+        from bon_server.tasks.dataset import DatasetTask
+
+        return task_items(register(DatasetTask(spec)), count)
     if not path.is_file():
         raise ValueError(
             f"dataset must be a world ({', '.join(_tasks())}) or a JSONL file; "

@@ -44,6 +44,23 @@ def chat(client, content=Q, **kwargs):
     )
 
 
+def top_three_of_eight(client):  # type: ignore[no-untyped-def]
+    """n=3 of best_of=8 chosen by the verifier, every candidate returned: the top three by
+    score, in order (ties by index), each choice the text of the candidate it names. The
+    checks an in-process and a proxied server share; the response, for more."""
+    r = chat(client, n=3, seed=7, max_tokens=128,
+             extra_body={"best_of": 8, "selector": "verifier", "return_candidates": True})
+    bon = r.bon
+    assert len(r.choices) == 3 and bon["best_of"] == 8 and bon["selector"] == "verifier"
+    assert len(bon["candidates"]) == 8 and len(bon["scores"]) == 8
+    ranked = sorted(range(8), key=lambda i: (-bon["scores"][i], i))
+    assert bon["chosen"] == ranked[:3]
+    for rank, choice in enumerate(r.choices):
+        assert choice.index == rank
+        assert choice.message.content == bon["candidates"][bon["chosen"][rank]]["text"]
+    return r
+
+
 def logprob_selected(client):  # type: ignore[no-untyped-def]
     """Four candidates chosen by their mean logprob, with two top logprobs per token returned:
     the checks an in-process and a proxied server share. The response, for more."""

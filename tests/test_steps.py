@@ -148,3 +148,88 @@ def test_tags_inside_the_question_are_not_counted():
     tag = tok.convert_tokens_to_ids("<|step|>")
     assert [ids[p] for p in positions] == [tag, tag]
     assert positions[0] > ids.index(tag)  # the question's own tag is skipped
+
+
+# --- the step separator: a line (the worlds), a blank line (datasets, the public PRMs) --------
+
+PARAGRAPHS = "Add first.\n3 * 4 = 12\n\n2 + 12 = 14\n  \t\n\nThe answer is 14.\n"
+
+
+def test_split_steps_at_blank_lines():
+    assert split_steps(PARAGRAPHS, "\n\n") == ["Add first.\n3 * 4 = 12", "2 + 12 = 14",
+                                               "The answer is 14."]
+    assert split_steps(PARAGRAPHS) == ["Add first.", "3 * 4 = 12", "2 + 12 = 14",
+                                       "The answer is 14."]
+    assert split_steps("a\r\n\r\nb", "\n\n") == ["a", "b"]
+    assert split_steps("a ки b ки", " ки") == ["a", "b"]
+    assert split_steps("\n\n \n", "\n\n") == []
+
+
+def test_join_steps_is_a_prefix_split_steps_gives_back():
+    from bon_server.scorers.steps import join_steps
+
+    for sep in ("\n", "\n\n"):
+        steps = split_steps(PARAGRAPHS, sep)
+        prefix = join_steps(steps[:2], sep)
+        assert split_steps(prefix + "rest", sep)[:2] == steps[:2]
+        assert split_steps(prefix + "rest", sep)[2] == "rest"
+
+
+def test_separator_names():
+    from bon_server.scorers.steps import resolve_separator
+
+    assert resolve_separator("blank") == "\n\n" and resolve_separator("line") == "\n"
+    assert resolve_separator(None) == "\n" and resolve_separator(None, "\n\n") == "\n\n"
+    assert resolve_separator("\\n\\n") == "\n\n" and resolve_separator("ки") == "ки"
+    with pytest.raises(ValueError, match="empty"):
+        resolve_separator("")
+
+
+def test_the_server_prm_cuts_steps_at_its_separator(tmp_path):
+    """The served PRM scores one step per paragraph with ``step_separator`` blank, one per
+    line by default; Settings carries the flag to the scorer."""
+    import asyncio
+
+    from test_prm import build_tiny_prm, candidate
+
+    from bon_server.config import Settings
+    from bon_server.scorers import build_scorer
+
+    path = build_tiny_prm(tmp_path / "prm", "bon")
+    common = dict(verifier=str(path), verifier_kind="prm", verifier_device="cpu",
+                  verifier_dtype="float32")
+    blank = build_scorer(Settings(**common, step_separator="blank"))
+    line = build_scorer(Settings(**common))
+    assert blank.step_separator == "\n\n" and line.step_separator == "\n"
+    text = PARAGRAPHS
+
+    def scores(scorer):
+        return asyncio.run(scorer.step_scores(PROMPT, [candidate(text)]))[0]
+
+    by_blank, by_line = scores(blank), scores(line)
+    assert len(by_blank) == 3 and len(by_line) == 4
+
+
+def test_the_remote_prm_and_the_page_cut_steps_as_the_served_prm_does(tmp_path):
+    """``--verifier-url``: the remote PRM lays out one tagged step per paragraph too, and the
+    response's per-step display splits a candidate where the PRM did."""
+    from test_prm import build_tiny_prm
+
+    from bon_server.config import Settings
+    from bon_server.responses import _steps
+    from bon_server.scorers.remote import RemotePRMScorer
+    from bon_server.scorers.steps import resolve_separator
+
+    path = build_tiny_prm(tmp_path / "prm", "bon")
+    counts = {}
+    for name in ("blank", "line"):
+        settings = Settings(verifier=str(path), verifier_kind="prm", step_separator=name,
+                            upstream="http://127.0.0.1:9/v1",
+                            verifier_url="http://127.0.0.1:9")
+        remote = RemotePRMScorer.from_settings(settings)
+        encoded = remote.encode(PROMPT, PARAGRAPHS, 4096)
+        assert encoded is not None
+        counts[name] = len(encoded[1])  # one read position a step
+        shown = _steps(PARAGRAPHS, [0.5] * counts[name], resolve_separator(name))
+        assert len(shown) == counts[name] and all(s.score == 0.5 for s in shown)
+    assert counts == {"blank": 3, "line": 4}

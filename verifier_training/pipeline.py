@@ -15,6 +15,12 @@ functions (``train-orm``, ``train-prm``, ``evaluate`` and ``export`` run through
     train_samples.jsonl  eval_samples.jsonl  train_labels.jsonl  eval_labels.jsonl
     orm/  prm/  eval/{eval.json,eval.csv,eval.png,scores.jsonl}  export/  pipeline.json
 
+On your own data: ``--dataset FILE`` (and the other task flags, ``--step-separator``
+included) instead of a world; the training problems are the file's training part, the
+held-out ones its held-out part, and each stage is run with the same task flags:
+
+    python -m verifier_training pipeline --policy MODEL --dataset FILE --out DIR
+
 ``--resume`` reuses any of those files that already exist. ``--ship`` copies the trained
 verifiers to ``bon_server/embedded/<task>-orm`` and ``<task>-prm`` (with ``eval.json`` as
 ``evaluation.json``); the task is the policy's world unless ``--task`` names one. A summary
@@ -34,7 +40,8 @@ import time
 from typing import Any
 
 from bon_server.config import SERVING_FILE
-from bon_server.tasks import TASKS, get_task, policy_task
+from bon_server.tasks import Task
+from bon_server.tasks.args import add_task_args, checker_summary, task_flags, task_from_args
 from bon_server.tasks.base import EVAL_SEED
 from bon_server.types import SamplingParams
 from verifier_training.cli import command_parser
@@ -50,8 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory for every stage's files")
     p.add_argument("--policy", default="bon_server/embedded/arith-policy",
                    help="policy model directory: sampled, rolled out, and the verifiers' init")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help="the world (default: the one the policy was trained on)")
+    add_task_args(p)
     # sizes
     p.add_argument("--train-problems", type=int, default=1500, help="training problems")
     p.add_argument("--train-k", type=int, default=16, help="candidates per training problem")
@@ -88,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
+async def stage_rollouts(args: argparse.Namespace, task: Task, paths: dict[str, str],
                          seconds: dict[str, float], info: dict[str, Any]) -> None:
     """Sampling and labelling with one engine; skips what --resume finds on disk."""
     def have(name: str) -> bool:
@@ -110,7 +116,6 @@ async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
             if have(name):
                 continue
             t0 = time.time()
-            task = get_task(args.task or policy_task(args.policy))
             records = await sampling.sample_problem_records(
                 generator, sampling.problem_stream(task, n, seed), split=split,
                 problem_seed=seed, k=k, desc=f"sample-{split}", task=task, **common)
@@ -121,7 +126,7 @@ async def stage_rollouts(args: argparse.Namespace, paths: dict[str, str],
             ["--records", "-", "--out", "-", "--rollouts", str(args.rollouts), "--seed",
              str(args.seed), "--temperature", str(args.temperature), "--max-tokens",
              str(args.max_tokens)] + (["--no-early-stop"] if args.no_early_stop else [])
-            + (["--no-progress"] if args.no_progress else []))
+            + (["--no-progress"] if args.no_progress else []) + task_flags(args))
         for split, n in (("train", args.label_records), ("eval", args.eval_label_records)):
             name = f"{split}_labels"
             if have(name):
@@ -182,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.kv_cache_gib))
     if args.train_seed == args.eval_seed:
         raise SystemExit("--train-seed and --eval-seed must differ (held-out problems)")
+    if args.dataset and args.ship:
+        raise SystemExit("--ship copies a world's verifiers into bon_server/embedded; a "
+                         "dataset's stay in --out (serve them with --verifier)")
+    task = task_from_args(args, args.policy)  # a bad dataset stops here, before any engine
+    if getattr(task, "finite", False):
+        print(task.describe())  # type: ignore[attr-defined]
+        if args.eval_seed != EVAL_SEED:
+            raise SystemExit("a dataset's held-out part is its own: leave --eval-seed alone")
     out = args.out
     os.makedirs(out, exist_ok=True)
     paths = {n: os.path.join(out, f"{n}.jsonl")
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
 
     # --- 1. sample and label with one engine ----------------------------------------------------
-    asyncio.run(stage_rollouts(args, paths, seconds, info))
+    asyncio.run(stage_rollouts(args, task, paths, seconds, info))
     gc.collect()  # drop the shut-down engine now, not in interpreter teardown
 
     # --- 2. train the ORM ---------------------------------------------------------------------
@@ -221,20 +234,20 @@ def main(argv: list[str] | None = None) -> int:
         and args.eval_label_records else []
     curves.main(["--records", paths["eval_samples"], "--orm", paths["orm"], "--prm",
                    paths["prm"], *eval_labels, "--out-dir", paths["eval"], "--subsets",
-                   str(args.subsets), "--seed", str(args.seed), *quiet,
+                   str(args.subsets), "--seed", str(args.seed), *quiet, *task_flags(args),
                    *shlex.split(args.eval_args)])
     seconds["evaluate"] = time.time() - t0
 
     # --- 5. export the derived data sets (cheap) ------------------------------------------------
     t0 = time.time()
     export.main(["--records", paths["train_samples"], "--labels", paths["train_labels"],
-                 "--out-dir", paths["export"], "--seed", str(args.seed)])
+                 "--out-dir", paths["export"], "--seed", str(args.seed), *task_flags(args)])
     seconds["export"] = time.time() - t0
 
     shipped = {}
     eval_json = os.path.join(paths["eval"], "eval.json")
     if args.ship:
-        world = args.task or policy_task(args.policy)
+        world = task.name
         shipped = {"orm": ship(paths["orm"], f"{world}-orm", eval_json),
                    "prm": ship(paths["prm"], f"{world}-prm", eval_json)}
         with open(eval_json) as f:
@@ -273,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         pb = ev["processbench"]
         print(f"  PRM first-error F1 {pb['f1']:.3f} (error acc {pb['error_accuracy']:.3f}, "
               f"correct acc {pb['correct_accuracy']:.3f}, {pb['solutions']} solutions)")
+    for split in ("train", "eval"):
+        if f"{split}_samples" in info:
+            d = info[f"{split}_samples"]
+            print(f"  {split} samples: {d['problems']} problems x k, pass@1 {d['pass@1']}, "
+                  f"problems with a correct sample {d['problems_with_a_correct_sample']}")
+    if checker_summary(task):
+        print(f"  {checker_summary(task)}")
     print(f"  outputs: {out}  (plot {os.path.join(paths['eval'], 'eval.png')})")
     if shipped:
         print(f"  shipped: {shipped['orm']}, {shipped['prm']}")

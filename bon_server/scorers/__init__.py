@@ -32,9 +32,11 @@ def build_scorer(settings: Settings) -> Scorer | None:
             settings.verifier, share_prefix=settings.verifier_share_prefix, **where
         )
     from .prm import PRMScorer
+    from .steps import resolve_separator
 
     return PRMScorer.from_pretrained(
         settings.verifier, step_format=settings.verifier_step_format,
         aggregation=settings.prm_aggregation,
+        step_separator=resolve_separator(settings.step_separator),
         trust_remote_code=settings.verifier_trust_remote_code, **where,
     )

@@ -23,7 +23,15 @@ from typing import Any
 from ..types import Candidate, Prompt
 from .base import MicroBatcher, aggregate, check_aggregation
 from .device import resolve_device
-from .steps import STEP_FORMATS, StepFormat, check_format, encode_steps, split_steps, tag_token_id
+from .steps import (
+    DEFAULT_SEPARATOR,
+    STEP_FORMATS,
+    StepFormat,
+    check_format,
+    encode_steps,
+    split_steps,
+    tag_token_id,
+)
 
 QWEN_PRM_ARCHITECTURE = "Qwen2ForProcessRewardModel"
 Encoded = tuple[Sequence[int], Sequence[int]]  # token ids, positions where step scores are read
@@ -70,6 +78,7 @@ class PRMScorer:
         *,
         aggregation: str = "min",
         batch_size: int = 64,
+        step_separator: str = DEFAULT_SEPARATOR,
     ) -> None:
         import torch
 
@@ -88,6 +97,7 @@ class PRMScorer:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.fmt = fmt
+        self.step_separator = step_separator  # how candidates are cut into steps (split_steps)
         self.device = next(model.parameters()).device
         self.max_length: int | None = getattr(model.config, "max_position_embeddings", None)
         pad = tokenizer.pad_token_id
@@ -116,6 +126,7 @@ class PRMScorer:
         dtype: str = "auto",
         batch_size: int = 64,
         trust_remote_code: bool = False,
+        step_separator: str = DEFAULT_SEPARATOR,
     ) -> PRMScorer:
         """Load a PRM directory (or hub id); ``step_format="auto"`` reads it off the tokenizer.
 
@@ -157,7 +168,8 @@ class PRMScorer:
             )
         model = load.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         return cls(
-            model.to(torch_device), tokenizer, fmt, aggregation=aggregation, batch_size=batch_size
+            model.to(torch_device), tokenizer, fmt, aggregation=aggregation, batch_size=batch_size,
+            step_separator=step_separator,
         )
 
     def _truncate(self, ids: Sequence[int], positions: Sequence[int]) -> Encoded:
@@ -219,7 +231,7 @@ class PRMScorer:
         """The batcher's worker thread: once serving, the tokenizer is used only from here."""
         encoded: list[Encoded | None] = []
         for prompt, text in items:
-            steps = split_steps(text)
+            steps = split_steps(text, self.step_separator)
             try:
                 encoded.append(encode_steps(self.fmt, self.tokenizer, prompt, steps))
             except ValueError:  # no steps, or a tag inside a step: nothing sound to score

@@ -46,7 +46,15 @@ from ..upstream_client import ModelResolver, RemoteServer
 from .base import aggregate, check_aggregation
 from .orm import format_for_orm
 from .prm import QWEN_PRM_ARCHITECTURE, detect_format
-from .steps import StepFormat, check_format, encode_steps, split_steps, tag_token_id
+from .steps import (
+    DEFAULT_SEPARATOR,
+    StepFormat,
+    check_format,
+    encode_steps,
+    resolve_separator,
+    split_steps,
+    tag_token_id,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -217,6 +225,7 @@ class RemotePRMScorer(_RemoteScorer):
         model: str | None = None,
         max_length: int = 4096,
         batch_size: int = 64,
+        step_separator: str = DEFAULT_SEPARATOR,
     ) -> None:
         _check_head(fmt)
         super().__init__(remote, model=model, max_length=max_length, batch_size=batch_size)
@@ -224,6 +233,7 @@ class RemotePRMScorer(_RemoteScorer):
         self.tokenizer = tokenizer
         self.fmt = fmt
         self.tag_id = tag_token_id(fmt, tokenizer)
+        self.step_separator = step_separator  # as in-process: split_steps cuts candidates
 
     @classmethod
     def from_settings(
@@ -251,12 +261,14 @@ class RemotePRMScorer(_RemoteScorer):
             model=settings.verifier_model,
             max_length=_context(config),
             batch_size=settings.verifier_batch_size,
+            step_separator=resolve_separator(settings.step_separator),
         )
 
     def encode(self, prompt: Prompt, text: str, limit: int) -> Encoded | None:
         """``encode_steps``'s ids and positions, truncated as ``PRMScorer`` truncates."""
         try:
-            ids, positions = encode_steps(self.fmt, self.tokenizer, prompt, split_steps(text))
+            ids, positions = encode_steps(self.fmt, self.tokenizer, prompt,
+                                        split_steps(text, self.step_separator))
         except ValueError:  # no steps, or a tag inside a step: nothing sound to score
             return None
         cut = len(ids) - limit

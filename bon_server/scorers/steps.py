@@ -3,7 +3,10 @@
 One function, ``format_steps``, is used by the PRM data builder and trainer in
 ``verifier_training`` and by the server's PRM scorer, so the text a PRM was
 trained on and the text it scores at serving time cannot drift apart. Golden
-tokenization tests guard it.
+tokenization tests guard it. Likewise ONE splitter, ``split_steps(text, separator)``,
+cuts a completion into steps for labelling (``label-steps``), evaluation and the
+server's PRM (``--step-separator``): a line for the worlds, a blank line for a
+dataset (as Math-Shepherd, PRM800K and Qwen2.5-Math-PRM take steps).
 
 A ``StepFormat`` names the tag that follows every step and where a step's score
 is read:
@@ -22,6 +25,7 @@ is read:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -61,9 +65,43 @@ def check_format(name: str) -> StepFormat:
         raise ValueError(f"unknown PRM step format {name!r}; valid formats: {valid}") from None
 
 
-def split_steps(completion: str) -> list[str]:
-    """One step per non-empty line, stripped of surrounding whitespace."""
-    return [line.strip() for line in completion.splitlines() if line.strip()]
+# Where one step ends and the next begins. The worlds write one step a line; public PRMs
+# and their data (Math-Shepherd, PRM800K, Qwen2.5-Math-PRM) take a step to be a paragraph.
+STEP_SEPARATORS: dict[str, str] = {"line": "\n", "blank": "\n\n"}
+DEFAULT_SEPARATOR = "\n"  # the worlds'; a dataset's default is "\n\n"
+_BLANK_LINE = re.compile(r"\n[ \t]*(?:\r?\n[ \t]*)+")
+
+
+def resolve_separator(value: str | None, default: str = DEFAULT_SEPARATOR) -> str:
+    """A separator from a flag: ``line``, ``blank``, or the text itself (``\\n`` escapes read
+    as newlines); None gives ``default``."""
+    if value is None:
+        return default
+    text = STEP_SEPARATORS.get(value, value.replace("\\n", "\n").replace("\\t", "\t"))
+    if not text:
+        raise ValueError("the step separator is empty")
+    return text
+
+
+def split_steps(completion: str, separator: str = DEFAULT_SEPARATOR) -> list[str]:
+    """The steps of a completion, each stripped of surrounding whitespace, empty ones dropped.
+
+    ``"\\n"`` (the default): one step per non-empty line. ``"\\n\\n"``: one step per
+    paragraph, a paragraph ending at a blank line (one holding only spaces counts). Any other
+    separator: the text between its occurrences."""
+    if separator == "\n":
+        parts = completion.splitlines()
+    elif separator == "\n\n":
+        parts = _BLANK_LINE.split(completion.replace("\r\n", "\n"))
+    else:
+        parts = completion.split(separator)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def join_steps(steps: Sequence[str], separator: str = DEFAULT_SEPARATOR) -> str:
+    """The text of ``steps`` as a policy writes them, ending with the separator (a prefix to
+    continue from: ``split_steps(join_steps(s) + rest)`` begins with ``s``)."""
+    return "".join(f"{step}{separator}" for step in steps)
 
 
 def _messages(fmt: StepFormat, prompt: Prompt, steps: Sequence[str]) -> list[dict[str, str]]:

@@ -1,7 +1,9 @@
 """Task worlds: one module a world, each a ``Task`` (see ``base``).
 
 ``TASKS`` is the registry; ``get_task(name)`` fails by listing the valid names. A new world
-(code checked by unit tests, say) is one new module and one entry here.
+(code checked by unit tests, say) is one new module and one entry here. A user's dataset file
+is a task too (``dataset.DatasetTask``): loading one registers it (``register``) for the
+process, under ``dataset:<file stem>``, so the records it writes resolve to it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "get_task",
     "policy_task",
     "policy_world",
+    "register",
     "task_for_question",
 ]
 
@@ -33,10 +36,24 @@ def _registry() -> dict[str, Task]:
 TASKS: dict[str, Task] = _registry()
 
 
+WORLDS: tuple[str, ...] = tuple(TASKS)  # the built-in worlds (TASKS also holds datasets)
+
+
+def register(task: Task) -> Task:
+    """Make ``task`` (a loaded dataset) known to ``get_task`` in this process."""
+    TASKS[task.name] = task
+    _parsed.cache_clear()
+    return task
+
+
 def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
+        if name.startswith("dataset:"):
+            raise ValueError(f"records of {name!r} come from a dataset file: pass it again "
+                             "with --dataset PATH (and the same --prompt-field, "
+                             "--answer-field and --checker)") from None
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
 
 

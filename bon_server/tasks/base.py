@@ -75,6 +75,8 @@ def completion_steps(completion: str) -> list[str]:
 
 
 def held_out_questions(task: Task, count: int = HELD_OUT) -> set[str]:
+    if getattr(task, "finite", False):  # a dataset: its whole held-out part
+        return {p.question for p in task.problems(None, EVAL_SEED)}  # type: ignore[arg-type]
     return {p.question for p in task.problems(count, EVAL_SEED)}
 
 
@@ -101,6 +103,9 @@ def training_problems(
     how many draws were skipped (how often a fresh draw repeats a held-out prompt)."""
     import random
 
+    if getattr(task, "finite", False):  # a dataset: its training part, shuffled by seed
+        pool = [p for p in task.problems(None, seed) if p.question not in exclude]  # type: ignore[arg-type]
+        return pool[:count], 0
     stream = Stream(task, random.Random(seed), exclude)
     problems = [stream.next() for _ in range(count)]
     return problems, stream.skipped

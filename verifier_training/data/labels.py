@@ -3,9 +3,10 @@
     python -m verifier_training label-steps --records runs/arith/train_samples.jsonl \\
         --out runs/arith/train_labels.jsonl --rollouts 8 --max-records 6000
 
-For each candidate, ``steps = split_steps(completion)`` (the server's own splitter). For
+For each candidate, ``steps = split_steps(completion, separator)`` (the server's own
+splitter; ``--step-separator``: a line for the worlds, a blank line for a dataset). For
 each step prefix j = 1..S-1 the policy continues M times from the chat-templated question
-followed by ``"\\n".join(steps[:j]) + "\\n"`` (token ids built with the policy tokenizer and
+followed by ``join_steps(steps[:j], separator)`` (token ids built with the policy tokenizer and
 sent as ``Prompt(token_ids=...)``, so vLLM's prefix cache shares the question and steps);
 k = how many of the M continuations reach the reference answer. The last step, the answer
 line, needs no rollout: k = M if the candidate is correct, else 0.
@@ -47,8 +48,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bon_server.scorers.steps import split_steps
-from bon_server.tasks import check_question, get_task
+from bon_server.scorers.steps import DEFAULT_SEPARATOR, join_steps, split_steps
+from bon_server.tasks import Task, check_question, get_task
+from bon_server.tasks.args import add_task_args, checker_summary, task_from_args, task_separator
 from bon_server.types import Prompt, SamplingParams
 from verifier_training.cli import command_parser
 from verifier_training.data.records import (
@@ -71,9 +73,9 @@ from verifier_training.data.sampling import (
 Rollout = Callable[[str, str, str], Awaitable[int]]
 
 
-def prefix_text(steps: Sequence[str], j: int) -> str:
+def prefix_text(steps: Sequence[str], j: int, separator: str = DEFAULT_SEPARATOR) -> str:
     """What the policy continues from after its first ``j`` steps (j >= 1)."""
-    return "\n".join(steps[:j]) + "\n"
+    return join_steps(steps[:j], separator)
 
 
 async def label_candidate(
@@ -84,23 +86,26 @@ async def label_candidate(
     early_stop: bool = True,
     seed: int = 0,
     policy: str | None = None,
+    separator: str = DEFAULT_SEPARATOR,
 ) -> StepLabelRecord | None:
     """The k-of-M counts of every step of one candidate; None if it has no steps."""
-    steps = split_steps(record.completion)
+    steps = split_steps(record.completion, separator)
     if not steps:
         return None
     n_inner = len(steps) - 1
     counts: list[int | None] = [None] * n_inner
     if early_stop:
         for j in range(n_inner):
-            counts[j] = await rollout(record.question, record.reference, prefix_text(steps, j + 1))
+            counts[j] = await rollout(record.question, record.reference,
+                                      prefix_text(steps, j + 1, separator))
             if counts[j] == 0:
                 break
     else:
         counts = list(
             await asyncio.gather(
                 *(
-                    rollout(record.question, record.reference, prefix_text(steps, j + 1))
+                    rollout(record.question, record.reference,
+                            prefix_text(steps, j + 1, separator))
                     for j in range(n_inner)
                 )
             )
@@ -125,8 +130,11 @@ class GeneratorRollout:
     """Rollouts through a bon_server generator, one request (n = M) per distinct prefix."""
 
     def __init__(self, generator: Any, m: int, *, params: SamplingParams = DEFAULT_PARAMS,
-                 seed: int = 0, concurrency: int = 64) -> None:
+                 seed: int = 0, concurrency: int = 64, task: Task | None = None) -> None:
+        """``task``: whose checker grades a rollout (default: the world whose prompt the
+        question is); a dataset's system prompt, if any, heads every rollout's chat."""
         self.generator = generator
+        self.task = task
         self.tokenizer = generator.tokenizer
         self.m, self.params, self.seed = m, params, seed
         self._limit = asyncio.Semaphore(concurrency)
@@ -145,9 +153,13 @@ class GeneratorRollout:
         return await task
 
     def token_ids(self, question: str, prefix: str) -> list[int]:
-        head = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [{"role": "user", "content": question}]
+        system = getattr(self.task, "system_prompt", "") if getattr(self.task, "finite", False) \
+            else ""
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        head = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
         return self.tokenizer.encode(head + prefix, add_special_tokens=False)
 
     async def _run(self, question: str, reference: str, prefix: str) -> int:
@@ -156,25 +168,38 @@ class GeneratorRollout:
         generation = await generate(self.generator, prompt, self.params, self.m, seed,
                                     self._limit)
         self.requests += 1
-        return sum(check_question(question, prefix + c.text) for c in generation.candidates)
+        return sum(self.check(question, reference, prefix + c.text)
+                   for c in generation.candidates)
+
+    def check(self, question: str, reference: str, text: str) -> bool:
+        if self.task is None:
+            return check_question(question, text)
+        problem = self.task.parse(question)
+        if problem is None and getattr(self.task, "finite", False):
+            from bon_server.tasks.dataset import DatasetProblem
+
+            problem = DatasetProblem(question, reference)  # a record's own reference
+        return problem is not None and self.task.check(problem, text)
 
 
 async def label_records(records: Sequence[SampleRecord], rollout: Rollout, m: int, *,
                         early_stop: bool = True, seed: int = 0, progress: bool = True,
-                        desc: str = "label-steps",
-                        policy: str | None = None) -> list[StepLabelRecord]:
+                        desc: str = "label-steps", policy: str | None = None,
+                        separator: str = DEFAULT_SEPARATOR) -> list[StepLabelRecord]:
     """Label every record (concurrently); records without steps are dropped."""
     labelled = await gather([label_candidate(r, rollout, m, early_stop=early_stop, seed=seed,
-                                             policy=policy) for r in records],
+                                             policy=policy, separator=separator)
+                             for r in records],
                             desc=desc, progress=progress)
     return [r for r in labelled if r is not None]
 
 
-def exact_labels(records: Sequence[SampleRecord]) -> list[StepLabelRecord]:
+def exact_labels(records: Sequence[SampleRecord],
+                 separator: str = DEFAULT_SEPARATOR) -> list[StepLabelRecord]:
     """Labels from the task's step checker: good until the first wrong step, no rollouts."""
     out = []
     for r in records:
-        steps = tuple(split_steps(r.completion))
+        steps = tuple(split_steps(r.completion, separator))
         if not steps:
             continue
         task, problem = get_task(r.task), r.problem()
@@ -227,6 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output JSONL of StepLabelRecords (overwritten)")
     p.add_argument("--policy", default=None,
                    help="policy that rolls out (default: the records' own policy)")
+    add_task_args(p)  # a dataset's records need their --dataset again (its checker)
     p.add_argument("--method", choices=LABELLERS, default="rollouts",
                    help="rollouts: Math-Shepherd k-of-M (default); exact: the arithmetic "
                         "world's step checker, no policy needed")
@@ -284,11 +310,13 @@ async def run_labelling(
         (first.temperature if first else 1.0),
         top_p=args.top_p if args.top_p is not None else (first.top_p if first else 1.0),
         max_tokens=args.max_tokens)
+    task = get_task(first.task) if first else None
     roller = GeneratorRollout(generator, args.rollouts, params=params, seed=args.seed,
-                              concurrency=args.concurrency)
+                              concurrency=args.concurrency, task=task)
     labels = await label_records(
         records, roller, args.rollouts, early_stop=not args.no_early_stop, seed=args.seed,
         progress=not args.no_progress, desc=desc, policy=policy,
+        separator=task_separator(task, args) if task else DEFAULT_SEPARATOR,
     )
     return labels, {"rollout_requests": roller.requests, "prefix_cache_hits": roller.cache_hits}
 
@@ -301,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         raise SystemExit(f"no records in {args.records}")
     policy = args.policy or records[0].policy
+    if args.dataset or args.task:
+        task_from_args(args, policy)  # registers a dataset: its records' task resolves to it
+    try:
+        task = get_task(records[0].task)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     start = time.time()
 
     async def go() -> tuple[list[StepLabelRecord], dict[str, int]]:
@@ -312,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             generator.shutdown()
 
     if args.method == "exact":
-        labels, counters, how = exact_labels(records), {}, " exactly"
+        labels, counters = exact_labels(records, task_separator(task, args)), {}
+        how = " exactly"
     else:
         labels, counters = asyncio.run(go())
         how = ""
@@ -322,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         found = agreement(labels, read_labels(args.compare))
         print(f"against {args.compare}: " + "  ".join(f"{k} {v}" for k, v in found.items()))
+    if checker_summary(task):
+        print(checker_summary(task))
     return 0
 
 

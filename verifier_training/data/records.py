@@ -55,7 +55,7 @@ class SampleRecord:
         """The task's problem, recovered from the question (every world's prompt holds it)."""
         from bon_server.tasks import get_task
 
-        return get_task(self.task).parse(self.question)
+        return get_task(self.task).parse(self.question)  # a dataset: its --dataset loaded
 
     @property
     def key(self) -> tuple[str, int]:
@@ -120,8 +120,12 @@ class StepLabelRecord:
         return first_error(self.hard_labels())
 
 
-def question_prompt(question: str) -> Prompt:
-    return Prompt(messages=(Message("user", question),))
+def question_prompt(question: str, system_prompt: str = "") -> Prompt:
+    """The prompt a policy answers: the question as the user message, after the system
+    message where there is one (a dataset's ``--system-prompt``)."""
+    user = Message("user", question)
+    return Prompt(messages=(Message("system", system_prompt), user) if system_prompt
+                  else (user,))
 
 
 def hard_labels(counts: Iterable[int | None]) -> list[bool]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import Awaitable, Sequence
@@ -31,7 +32,8 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from bon_server.answers import extract_answer
-from bon_server.tasks import TASKS, Task, get_task, policy_task
+from bon_server.tasks import Task, get_task
+from bon_server.tasks.args import add_task_args, checker_summary, task_from_args
 from bon_server.tasks.base import EVAL_SEED, held_out_questions, training_problems
 from bon_server.types import Generation, Prompt, SamplingParams
 from verifier_training.cli import command_parser
@@ -43,8 +45,13 @@ DEFAULT_PARAMS = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=128)
 T = TypeVar("T")
 
 
-def problem_stream(task: Task, count: int, seed: int) -> list[Any]:
-    """The held-out stream itself for ``EVAL_SEED``; any other stream skips its prompts."""
+def problem_stream(task: Task, count: int | None, seed: int) -> list[Any]:
+    """The held-out stream itself for ``EVAL_SEED``; any other stream skips its prompts.
+    A dataset's streams are its held-out and training parts (``count`` None: all of it)."""
+    if getattr(task, "finite", False):
+        return training_problems(task, count, seed, set())[0] if seed != EVAL_SEED \
+            else task.problems(count, seed)
+    count = 1000 if count is None else count
     if seed == EVAL_SEED:
         return task.problems(count, seed)
     problems, skipped = training_problems(task, count, seed, held_out_questions(task))
@@ -149,8 +156,9 @@ async def sample_problem_records(
 
     async def one(index: int, problem: Any) -> list[SampleRecord]:
         seed = request_seed(problem_seed, index)
-        generation = await generate(generator, question_prompt(problem.question), params, k,
-                                    seed, limit)
+        prompt = question_prompt(problem.question, getattr(task, "system_prompt", "")
+                                 if getattr(task, "finite", False) else "")
+        generation = await generate(generator, prompt, params, k, seed, limit)
         reference = str(problem.answer)
         return [
             SampleRecord(
@@ -199,10 +207,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = command_parser("sample", __doc__)
     p.add_argument("--policy", default="bon_server/embedded/arith-policy",
                    help="policy model directory (or hub id) that vLLM loads, tokenizer included")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help="the world (default: the one the policy was trained on)")
+    add_task_args(p)
     p.add_argument("--out", required=True, help="output JSONL of SampleRecords (overwritten)")
-    p.add_argument("--problems", type=int, default=1000, help="number of problems")
+    p.add_argument("--problems", type=int, default=None,
+                   help="number of problems (default: 1000 of a world; all of a dataset's part)")
     p.add_argument("--seed", type=int, default=TRAIN_SEED,
                    help=f"problem stream seed (train {TRAIN_SEED}, held-out eval {EVAL_SEED})")
     p.add_argument("--split", default=None,
@@ -216,9 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run(args: argparse.Namespace) -> list[SampleRecord]:
+async def run(args: argparse.Namespace, task: Task) -> list[SampleRecord]:
     split = args.split or ("eval" if args.seed == EVAL_SEED else "train")
-    task = get_task(args.task or policy_task(args.policy))
     generator = open_generator(args.policy, seed=args.seed, max_model_len=args.max_model_len,
                                kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
     try:
@@ -237,11 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.kv_cache_gib))
     start = time.time()
-    records = asyncio.run(run(args))
+    task = task_from_args(args, args.policy)  # a bad dataset stops here, before any engine
+    if getattr(task, "finite", False):
+        print(task.describe())  # type: ignore[attr-defined]
+    records = asyncio.run(run(args, task))
+    gc.collect()  # drop the shut-down engine now, not in interpreter teardown
     write_jsonl(args.out, records)
     stats = summarize(records)
     print(f"wrote {len(records)} records to {args.out} in {time.time() - start:.0f} s")
     print("  ".join(f"{k} {v}" for k, v in stats.items()))
+    if checker_summary(task):
+        print(checker_summary(task))
     return 0
 
 

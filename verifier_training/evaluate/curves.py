@@ -48,6 +48,8 @@ from typing import Any
 from bon_server.scorers.base import AGGREGATIONS, aggregate
 from bon_server.scorers.steps import split_steps
 from bon_server.selectors import majority, verifier, weighted_majority
+from bon_server.tasks import get_task
+from bon_server.tasks.args import add_task_args, task_flags, task_from_args, task_separator
 from verifier_training.cli import command_parser
 from verifier_training.data.records import (
     SampleRecord,
@@ -200,11 +202,12 @@ def verifier_scores(args: argparse.Namespace, records) -> dict[tuple[str, int], 
     if args.orm:
         orm = score_orm(args.orm, records, 64, progress)
         return {r.key: orm[(r.question, r.completion)] for r in records}
-    prm = score_prm(args.prm, [(r.question, split_steps(r.completion)) for r in records], 64,
-                    progress)
+    sep = task_separator(get_task(records[0].task), args) if records else "\n"
+    prm = score_prm(args.prm, [(r.question, split_steps(r.completion, sep)) for r in records],
+                    64, progress)
     out = {}
     for r in records:
-        steps = prm[(r.question, tuple(split_steps(r.completion)))]
+        steps = prm[(r.question, tuple(split_steps(r.completion, sep)))]
         out[r.key] = aggregate(steps, args.prm_aggregation) if steps else 0.0
     return out
 
@@ -279,6 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens per candidate")
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    add_task_args(p)  # a dataset's records need their --dataset again; its step separator
     return p.parse_args(argv)
 
 
@@ -291,8 +295,8 @@ def ensure_records(args: argparse.Namespace) -> list[SampleRecord]:
         "--policy", args.policy, "--out", args.records, "--problems", str(args.problems),
         "--seed", str(args.problem_seed), "--split", "eval", "-k", str(args.k),
         "--temperature", str(args.temperature), "--max-tokens", str(args.max_tokens),
-    ] + (["--no-progress"] if args.no_progress else []))
-    records = asyncio.run(sampling.run(sample_args))
+    ] + (["--no-progress"] if args.no_progress else []) + task_flags(args))
+    records = asyncio.run(sampling.run(sample_args, task_from_args(args, args.policy)))
     from verifier_training.data.records import write_jsonl
 
     write_jsonl(args.records, records)
@@ -302,7 +306,13 @@ def ensure_records(args: argparse.Namespace) -> list[SampleRecord]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.time()
+    if args.dataset:
+        task_from_args(args, args.policy)  # registers it: its records' task resolves to it
     records = ensure_records(args)
+    try:
+        separator = task_separator(get_task(records[0].task), args) if records else "\n"
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     sampled_s = time.time() - start
     progress = not args.no_progress
     labels: list[StepLabelRecord] = read_labels(args.labels) if args.labels else []
@@ -320,14 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     prm: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     if args.prm:
-        wanted = [(r.question, split_steps(r.completion)) for r in records]
+        wanted = [(r.question, split_steps(r.completion, separator)) for r in records]
         wanted += [(lab.question, lab.steps) for lab in labels]
         prm = score_prm(args.prm, wanted, args.batch_size, progress)
     prm_s = time.time() - t0
     scored = [
         Scored(r.problem_id, r.sample_index, r.answer, r.correct,
                orm.get((r.question, r.completion)) if args.orm else None,
-               tuple(prm[(r.question, tuple(split_steps(r.completion)))]) if args.prm else None)
+               tuple(prm[(r.question, tuple(split_steps(r.completion, separator)))])
+               if args.prm else None)
         for r in records
     ]
     with open(os.path.join(args.out_dir, "scores.jsonl"), "w") as f:

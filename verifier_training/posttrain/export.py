@@ -32,6 +32,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from bon_server.tasks.args import add_task_args, task_from_args
 from verifier_training.cli import command_parser
 from verifier_training.data.records import (
     SampleRecord,
@@ -43,8 +44,9 @@ from verifier_training.data.records import (
 )
 
 
-def _user(question: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": question}]
+def _user(question: str, system: str = "") -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": question}]
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -62,11 +64,12 @@ def _usable(records: Iterable[SampleRecord], skip_truncated: bool) -> list[Sampl
     return [r for r in records if not (skip_truncated and r.finish_reason == "length")]
 
 
-def rsft_examples(records: Sequence[SampleRecord], skip_truncated: bool = True) -> list[dict]:
+def rsft_examples(records: Sequence[SampleRecord], skip_truncated: bool = True,
+                  system: str = "") -> list[dict]:
     out = []
     for rs in group_by_problem(_usable(records, skip_truncated)).values():
         for text in _unique_texts(r for r in rs if r.correct):
-            out.append({"messages": _user(rs[0].question) + _assistant(text)})
+            out.append({"messages": _user(rs[0].question, system) + _assistant(text)})
     return out
 
 
@@ -75,6 +78,7 @@ def dpo_pairs(
     max_pairs_per_prompt: int = 4,
     seed: int = 0,
     skip_truncated: bool = True,
+    system: str = "",
 ) -> list[dict]:
     """Correct x incorrect pairs of distinct texts per prompt, a seeded choice of at most
     ``max_pairs_per_prompt`` of them (0: all)."""
@@ -87,19 +91,20 @@ def dpo_pairs(
         pairs = [(g, b) for g in good for b in bad]
         if max_pairs_per_prompt and len(pairs) > max_pairs_per_prompt:
             pairs = rng.sample(pairs, max_pairs_per_prompt)
-        prompt = _user(rs[0].question)
+        prompt = _user(rs[0].question, system)
         out += [{"prompt": prompt, "chosen": _assistant(g), "rejected": _assistant(b)}
                 for g, b in pairs]
     return out
 
 
-def orm_examples(records: Sequence[SampleRecord], skip_truncated: bool = True) -> list[dict]:
+def orm_examples(records: Sequence[SampleRecord], skip_truncated: bool = True,
+                 system: str = "") -> list[dict]:
     out = []
     for rs in group_by_problem(_usable(records, skip_truncated)).values():
         labels: dict[str, bool] = {}
         for r in rs:
             labels.setdefault(r.completion.strip(), r.correct)
-        out += [{"prompt": _user(rs[0].question), "completion": _assistant(t), "label": ok}
+        out += [{"prompt": _user(rs[0].question, system), "completion": _assistant(t), "label": ok}
                 for t, ok in labels.items()]
     return out
 
@@ -136,19 +141,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the DPO pair choice")
     p.add_argument("--keep-truncated", action="store_true",
                    help="also export completions that hit max_tokens (skipped by default)")
+    add_task_args(p)  # a dataset's --system-prompt heads every exported chat
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     records = read_samples(args.records)
+    system = ""
+    if args.dataset:
+        task = task_from_args(args)
+        system = task.system_prompt
     skip = not args.keep_truncated
     os.makedirs(args.out_dir, exist_ok=True)
+    out = args.out_dir
     counts = {
-        "rsft": write_lines(os.path.join(args.out_dir, "rsft.jsonl"), rsft_examples(records, skip)),
-        "dpo": write_lines(os.path.join(args.out_dir, "dpo.jsonl"),
-                           dpo_pairs(records, args.max_pairs_per_prompt, args.seed, skip)),
-        "orm": write_lines(os.path.join(args.out_dir, "orm.jsonl"), orm_examples(records, skip)),
+        "rsft": write_lines(os.path.join(out, "rsft.jsonl"), rsft_examples(records, skip, system)),
+        "dpo": write_lines(os.path.join(out, "dpo.jsonl"),
+                           dpo_pairs(records, args.max_pairs_per_prompt, args.seed, skip, system)),
+        "orm": write_lines(os.path.join(out, "orm.jsonl"), orm_examples(records, skip, system)),
     }
     if args.labels:
         counts["prm"] = write_lines(os.path.join(args.out_dir, "prm.jsonl"),

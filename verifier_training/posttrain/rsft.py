@@ -37,7 +37,7 @@ import shutil
 import time
 from typing import Any
 
-from bon_server.tasks import TASKS, get_task, policy_task
+from bon_server.tasks.args import add_task_args, task_from_args
 from verifier_training.cli import command_parser
 from verifier_training.data.records import read_samples, write_json, write_jsonl
 from verifier_training.evaluate.curves import add_verifier_args, verifier_scores
@@ -64,8 +64,7 @@ def parse_args(argv: list[str] | None, method: str = "sft") -> argparse.Namespac
     command = "rsft" if method == "sft" else "dpo"
     p = command_parser(command, __doc__)
     p.add_argument("--policy", default=COUNTDOWN_POLICY, help="the starting policy directory")
-    p.add_argument("--task", default=None, choices=list(TASKS),
-                   help="the world (default: the one the policy was trained on)")
+    add_task_args(p)
     p.add_argument("--out", required=True, help="output directory (rounds resume from it)")
     p.add_argument("--rule", default="checker",
                    choices=RULES if method == "sft" else ("checker", "verifier"),
@@ -225,7 +224,7 @@ def table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None, method: str = "sft") -> int:
     args = parse_args(argv, method)
-    task = get_task(args.task or policy_task(args.policy))
+    task = task_from_args(args, args.policy)
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "summary.json")
     summary: dict[str, Any] = {"policy": args.policy, "task": task.name, "rule": args.rule,
