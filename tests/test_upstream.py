@@ -29,6 +29,7 @@ import openai
 import pytest
 from asgi_app import openai_error, running
 from conftest import (
+    ARITH_POLICY,
     MODEL,
     Q,
     ServerProcess,
@@ -1089,6 +1090,35 @@ def candidates_of(bon: dict[str, Any]):
     from bon_server.types import Candidate
 
     return [Candidate(c["text"], (0,), None, c["finish_reason"]) for c in bon["candidates"]]
+
+
+@pytest.mark.engine
+def test_sampling_and_rollouts_through_a_running_vllm_server(upstreams, tmp_path):
+    """verifier_training at scale: `sample` and `label-steps` with --upstream send their
+    requests to a running vLLM server (the server's proxy client), start no engine here, and
+    grade every candidate with the world's checker."""
+    from bon_server.tasks import get_task
+    from verifier_training.data import labels, sampling
+    from verifier_training.data.records import read_labels, read_samples
+
+    url = upstreams["policy"].base_url
+    before = upstreams["policy"].metric("vllm:request_success_total")
+    out = tmp_path / "samples.jsonl"
+    policy = ARITH_POLICY  # a path: rollouts load its chat template
+    assert sampling.main(["--policy", policy, "--task", "arith", "--problems", "3",
+                          "-k", "4", "--seed", "5", "--out", str(out), "--upstream", url,
+                          "--no-progress"]) == 0
+    records = read_samples(str(out))
+    assert len(records) == 12 and {r.policy for r in records} == {policy}
+    task = get_task("arith")
+    for r in records:
+        assert r.correct == task.check(task.parse(r.question), r.completion)
+    assert upstreams["policy"].metric("vllm:request_success_total") - before >= 3
+    labelled = tmp_path / "labels.jsonl"
+    assert labels.main(["--records", str(out), "--out", str(labelled), "--rollouts", "2",
+                        "--max-records", "2", "--upstream", url, "--no-progress"]) == 0
+    found = read_labels(str(labelled))
+    assert len(found) == 2 and all(len(x.counts) == len(x.steps) > 0 for x in found)
 
 
 @pytest.mark.engine

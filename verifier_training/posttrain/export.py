@@ -14,9 +14,11 @@ Writes JSONL files in the forms TRL's trainers read:
                 deduplicated, at most ``--max-pairs-per-prompt`` per prompt (seeded choice).
     orm.jsonl   unpaired preference (KTO/reward-model form, conversational):
                 {"prompt": [user], "completion": [assistant], "label": bool}, deduplicated.
-    prm.jsonl   stepwise supervision (PRMTrainer): {"prompt": str, "completions": [step, ...],
-                "labels": [bool, ...]} from the label records (hard labels: k > 0),
-                deduplicated per prompt and steps.
+    prm.jsonl   stepwise supervision, the form of the Hub's PRM sets (trl-lib/math_shepherd):
+                {"prompt": str, "completions": [step, ...], "labels": [bool, ...]} from the
+                label records (hard labels: k > 0), deduplicated per prompt and steps. TRL's
+                PRMTrainer read it; TRL 1.x has none, so ``train-prm`` trains from the label
+                records themselves and this file is for other PRM trainers.
 
 Texts are compared after stripping surrounding whitespace. ``--skip-truncated`` (default
 on) leaves out completions that hit ``max_tokens``. This module owns only these derivations;

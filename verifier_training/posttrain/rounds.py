@@ -33,6 +33,7 @@ from bon_server.tasks.base import EVAL_SEED  # noqa: E402
 from bon_server.types import SamplingParams  # noqa: E402
 from verifier_training.data.records import SampleRecord, group_by_problem  # noqa: E402
 from verifier_training.data.sampling import (  # noqa: E402
+    close,
     open_generator,
     problem_stream,
     sample_problem_records,
@@ -67,7 +68,7 @@ def sample_round(policy: str, task: Task, *, train_problems: int, train_seed: in
                     progress=progress, desc="sample", task=task)
             return train, held_out
         finally:
-            generator.shutdown()
+            await close(generator)
 
     found = asyncio.run(run())
     # collect the shut-down engine now: left to interpreter exit, its __del__ runs after
