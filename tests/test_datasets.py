@@ -274,6 +274,28 @@ def test_sampled_records_of_a_dataset_keep_todays_fields(tmp_path):
     assert records[0].problem() == task.parse(records[0].question)
 
 
+def test_a_math_checked_datasets_records_vote_as_the_server_votes(tmp_path):
+    """With the math checker a dataset votes by the math rule: the records' ``answer`` of one
+    problem's candidates that math-verify calls equal is one key (the majority replays and
+    curves count what ``--answer-rules math`` counts); ``exact`` keeps the text rules."""
+    import asyncio
+
+    from bon_server.generators.fake import ScriptedGenerator
+    from bon_server.types import SamplingParams
+    from verifier_training.data.sampling import problem_stream, sample_problem_records
+
+    texts = ["The answer is \\boxed{\\frac{2468}{2}}.", "The answer is 1234.0.",
+             "The answer is 1,234.", "The answer is 7."]
+    for checker, distinct in (("math", 2), ("exact", 3)):
+        task = task_from_args(parse(["--dataset", write(tmp_path / f"{checker}.jsonl", GSM8K),
+                                     "--held-out", "0", "--checker", checker, "--limit", "1"]))
+        records = asyncio.run(sample_problem_records(
+            ScriptedGenerator(texts), problem_stream(task, None, 101), split="train",
+            problem_seed=101, policy="p", k=4, task=task,
+            params=SamplingParams(temperature=1.0, top_p=1.0, max_tokens=64), progress=False))
+        assert len({r.answer for r in records}) == distinct, (checker, [r.answer for r in records])
+
+
 @pytest.mark.parametrize("command", ["sample", "passk", "label-steps", "evaluate", "pipeline",
                                      "rsft", "dpo", "distill", "export"])
 def test_every_command_that_takes_a_task_takes_the_same_dataset_flags(command, capsys):

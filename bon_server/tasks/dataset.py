@@ -217,6 +217,8 @@ class DatasetTask:
         self.system_prompt = system_prompt
         self.step_separator = step_separator
         self.checker: Checker = get_checker(checker)
+        # votes count what the checker counts: math-verify's equal answers are one vote
+        self.answer_rules = ("math",) if checker == "math" else DEFAULT_RULES
         rows, unit = read_rows(spec)
         if limit is not None:
             rows = rows[:limit]

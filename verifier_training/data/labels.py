@@ -147,15 +147,20 @@ class GeneratorRollout:
         question is); a dataset's system prompt, if any, heads every rollout's chat."""
         self.generator = generator
         self.task = task
-        # a rollout continues a prefix written into the chat template: the tokenizer is the
-        # engine's, or (--upstream: no engine here) the policy's, loaded from --policy
-        self.tokenizer = getattr(generator, "tokenizer", None) or policy_tokenizer(
-            getattr(generator, "policy", None))
+        self._tokenizer = getattr(generator, "tokenizer", None)
         self.m, self.params, self.seed = m, params, seed
         self._limit = asyncio.Semaphore(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Task[int]] = {}
         self.requests = 0
         self.cache_hits = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        """A rollout continues a prefix written into the chat template: the engine's tokenizer,
+        or (--upstream: no engine here) the policy's, loaded from --policy on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = policy_tokenizer(getattr(self.generator, "policy", None))
+        return self._tokenizer
 
     async def __call__(self, question: str, reference: str, prefix: str) -> int:
         key = (question, prefix)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from bon_server.answers import extract_answer
+from bon_server.answers import AnswerGroups
 from bon_server.tasks import Task, get_task
 from bon_server.tasks.args import add_task_args, checker_summary, task_from_args
 from bon_server.tasks.base import EVAL_SEED, held_out_questions, training_problems
@@ -198,13 +198,16 @@ async def sample_problem_records(
                                  if getattr(task, "finite", False) else "")
         generation = await generate(generator, prompt, params, k, seed, limit)
         reference = str(problem.answer)
+        # one problem's answers as the server's votes: with the math rule, answers math-verify
+        # calls equal share one key, so offline majorities count what the server counts
+        answers = AnswerGroups(task.answer_rules).add([c.text for c in generation.candidates])
         return [
             SampleRecord(
                 problem_id=problem_id(split, problem_seed, index),
                 question=problem.question,
                 reference=reference,
                 completion=c.text,
-                answer=extract_answer(c.text, task.answer_rules),
+                answer=answer,
                 correct=task.check(problem, c.text),
                 policy=policy,
                 temperature=params.temperature,
@@ -216,7 +219,7 @@ async def sample_problem_records(
                 completion_tokens=len(c.token_ids),
                 task=task.name,
             )
-            for j, c in enumerate(generation.candidates)
+            for j, (c, answer) in enumerate(zip(generation.candidates, answers, strict=True))
         ]
 
     groups = await gather([one(i, p) for i, p in enumerate(problems)], desc=desc,
