@@ -78,6 +78,19 @@ def rendered(question: str) -> str:
     return f"<|bos|><|user|>{question}<|end|><|assistant|>"
 
 
+@pytest.fixture(autouse=True)
+def only_the_worlds_registered() -> Iterator[None]:
+    """A dataset a test loads registers itself in ``bon_server.tasks.TASKS`` (as it would for
+    the rest of a command's process): forget it after the test, so that no other test meets
+    it among the worlds."""
+    from bon_server import tasks
+
+    yield
+    for name in set(tasks.TASKS) - set(tasks.WORLDS):
+        del tasks.TASKS[name]
+    tasks._parsed.cache_clear()
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     """Poll ``predicate`` every 0.05 s until it holds (True) or ``timeout_s`` passes (False)."""
     deadline = time.monotonic() + timeout_s
