@@ -38,7 +38,8 @@ from .metrics import Metrics
 from .pipeline import BestOfN, Policy
 from .routes import router
 from .scorers import Scorer, build_scorer
-from .search import Adaptive, Prune
+from .scorers.steps import resolve_separator
+from .search import Adaptive, Prune, StepSearch
 from .security import GuardMiddleware, error_response
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,13 @@ def create_app(
                 distinct=settings.prune_distinct,
             ),
             score_while_decoding=settings.score_while_decoding,
+            search=settings.search,
+            search_params=StepSearch(
+                method=settings.search if settings.search != "best_of_n" else "beam",
+                width=settings.beam_width, max_steps=settings.search_max_steps,
+                temperature=settings.search_temperature,
+            ),
+            step_separator=resolve_separator(settings.step_separator),
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):
@@ -103,7 +111,7 @@ def create_app(
             "serving %s (verifier: %s %s, default selector: %s%s)",
             settings.model_name,
             settings.verifier or "none",
-            settings.verifier_kind if settings.verifier else "",
+            getattr(verifier, "kind", "") if verifier is not None else "",
             settings.default_selector or ("verifier" if settings.verifier else "majority"),
             f", from the policy's {SERVING_FILE}"
             if settings.world_defaults and world_defaults(settings.model)

@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     # what to serve
     model: str = Field(str(EMBEDDED_POLICY), description="policy: local HF directory or hub id")
     served_model_name: str | None = Field(None, description="name clients send as `model`")
-    verifier: str | None = Field(None, description="verifier: local HF directory or hub id")
+    verifier: str | None = Field(
+        None, description="verifier: local HF directory or hub id; task:<world> (the world's "
+        "exact step and answer checkers) or py:module:function (your step scorer)"
+    )
     verifier_kind: Literal["orm", "prm"] = "orm"
     verifier_step_format: str = Field(
         "auto", description="PRM step format: auto|bon|qwen|math_shepherd|rlhflow"
@@ -186,6 +189,21 @@ class Settings(BaseSettings):
         False,
         description="prune: among equal scores keep different prefixes before repeats of one",
     )
+    # step search: the defaults of requests that do not say (``search``, ``beam_width``, ...)
+    search: Literal["best_of_n", "beam", "dvts", "particles"] = Field(
+        "best_of_n", description="how candidates are drawn: whole (best_of_n), or step by step "
+        "under the step scorer (beam, dvts, particles)"
+    )
+    beam_width: int = Field(
+        4, ge=1, le=128, description="beam: expansions per kept beam; dvts: subtree width (M)"
+    )
+    search_max_steps: int = Field(
+        16, ge=1, le=1024, description="step search: most steps; the last runs to the end"
+    )
+    search_temperature: float = Field(
+        0.1, gt=0.0, le=100.0,
+        description="particles: resample in proportion to softmax(score / temperature)",
+    )
     score_while_decoding: bool = Field(
         False,
         description="fixed N with a verifier: one engine (or upstream) request per candidate, "
@@ -283,6 +301,8 @@ class Settings(BaseSettings):
             )
         if self.prune and self.verifier is None:
             raise ValueError("prune needs --verifier: it ranks the partial candidates")
+        if self.search != "best_of_n" and self.verifier is None:
+            raise ValueError(f"search {self.search!r} needs --verifier: it scores the steps")
         if self.prune and self.adaptive:
             raise ValueError("choose one of --adaptive and --prune")
         if self.default_selector is not None:

@@ -15,25 +15,34 @@ for it at most ``GROUPING_TIMEOUT_S``; past that the request votes by text.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import logging
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import cast
 
-from .answers import DEFAULT_RULES, AnswerGroups
+from .answers import DEFAULT_RULES
 from .errors import BonError, InvalidRequestError, ServiceUnavailableError
 from .generators.base import Generator, PreparedRequest, StreamingGenerator
 from .metrics import Metrics
 from .scorers.base import Scorer, StepScorer, aggregate, check_aggregation
-from .search import ADAPTIVE_SELECTORS, Adaptive, Prune, draw_pruned, should_stop, wave_sizes
+from .search import (
+    ADAPTIVE_SELECTORS,
+    METHODS,
+    SEED_STRIDE,
+    Adaptive,
+    Prune,
+    StepSearch,
+    check_search,
+    draw_pruned,
+    should_stop,
+    wave_sizes,
+)
 from .search.prune import Scores
 from .selectors import SELECTORS, SelectorInput, check_selector
+from .step_runs import run_step_search
 from .types import BestOfNResult, Candidate, Prompt, SamplingParams, Search
+from .votes import Votes
 
 
 def _given(options: dict[str, float | int | None]) -> dict[str, float | int]:
@@ -41,86 +50,8 @@ def _given(options: dict[str, float | int | None]) -> dict[str, float | int]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-WAVE_SEED_STRIDE = 1_000_003  # wave w of a seeded request samples with seed + w * this
-# how long a request waits for its pairwise answer grouping (one wave's) before voting by text
-GROUPING_TIMEOUT_S = 10.0
+WAVE_SEED_STRIDE = SEED_STRIDE  # wave w of a seeded request samples with seed + w * this
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-async def in_daemon_thread(fn: Callable[[], T]) -> T:
-    """``fn()`` in a thread of its own, awaited. A daemon thread, not an executor's: sympy
-    cannot be interrupted, and an executor's threads are joined at exit, so one stuck
-    comparison would keep the server from stopping."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if done.done():  # the caller stopped waiting
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            done.set_result(cast(T, result))
-
-    def work() -> None:
-        try:
-            result, exc = fn(), None
-        except BaseException as e:  # handed to the awaiting task, raised there
-            result, exc = None, e
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, result, exc)
-
-    threading.Thread(target=work, name="bon-answers", daemon=True).start()
-    return await done
-
-
-class Votes:
-    """A request's answers as votes: ``AnswerGroups`` over its candidates as they are drawn,
-    run off the loop where a rule compares pairwise. After a timeout the request votes by
-    text for all its candidates (one request never mixes the two); the grouping thread is
-    left to finish alone and never touched again."""
-
-    def __init__(self, rules: Sequence[str], timeout_s: float | None = None) -> None:
-        self.groups = AnswerGroups(rules)
-        self.timeout_s = GROUPING_TIMEOUT_S if timeout_s is None else timeout_s
-        self.texts: list[str] = []
-        self.answers: list[str | None] = []
-        self.timed_out = False
-
-    async def add(self, texts: Sequence[str]) -> None:
-        texts = list(texts)
-        self.texts.extend(texts)
-        if not self.groups.pairwise:
-            self.answers.extend(self.groups.add(texts))
-        elif self.timed_out:
-            self.answers.extend(self.groups.as_text(texts))
-        else:
-            groups = self.groups
-            try:
-                keys = await asyncio.wait_for(
-                    in_daemon_thread(lambda: groups.add(texts)), self.timeout_s
-                )
-            except TimeoutError:
-                self.timed_out = True
-                self.answers = self.groups.as_text(self.texts)
-                log.warning(
-                    "answer grouping (%s) took over %.1f s: this request votes by text",
-                    ",".join(self.groups.rules), self.timeout_s,
-                )
-                return
-            self.answers.extend(keys)
-
-    def report(self) -> None:
-        """One log line where answers were compared as text instead of by the rule."""
-        fallbacks = self.groups.fallbacks
-        if fallbacks and not self.timed_out:
-            log.info(
-                "answer rule %s compared %d of %d answers as text (%s)",
-                ",".join(self.groups.rules), sum(fallbacks.values()), len(self.texts),
-                ", ".join(f"{why}: {k}" for why, k in sorted(fallbacks.items())),
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +64,7 @@ class Plan:
     adaptive: Adaptive | None = None  # draw in waves up to best_of (None: all at once)
     choices: int = 1  # the client's n
     prune: Prune | None = None  # start all, abort the weakest at step boundaries
+    step_search: StepSearch | None = None  # grow candidates step by step (beam, dvts, particles)
 
     @property
     def best_of(self) -> int:
@@ -155,6 +87,9 @@ class Policy:
     # --score-while-decoding: fixed N with a verifier follows each candidate on its own and
     # scores it as it ends, while the others still decode
     score_while_decoding: bool = False
+    search: str = "best_of_n"  # --search: requests that do not say search this way
+    search_params: StepSearch = StepSearch()  # --beam-width, --search-max-steps, -temperature
+    step_separator: str = "\n"  # where a step ends (the world's: a line; --step-separator)
 
 
 class BestOfN:
@@ -183,6 +118,8 @@ class BestOfN:
         adaptive_options: dict[str, float | int | None] | None = None,
         prune: bool | None = None,
         prune_options: dict[str, float | int | None] | None = None,
+        search: str | None = None,
+        search_options: dict[str, float | int | None] | None = None,
     ) -> Plan:
         """``adaptive``, ``prune``: None follows the server (``--adaptive``, ``--prune``);
         the options override ``Adaptive``'s and ``Prune``'s fields by name."""
@@ -227,6 +164,16 @@ class BestOfN:
             aggregation = None
         elif aggregation is None:  # the server's --prm-aggregation: say which one scored
             aggregation = getattr(self.scorer, "aggregation", None)
+        stepwise = self._step_search(best_of, search, search_options or {}, params)
+        if stepwise is not None:
+            asked = [f for f, v in (("adaptive", adaptive), ("prune", prune)) if v]
+            if asked:
+                raise InvalidRequestError(
+                    f"search {stepwise.method!r} cannot be combined with {asked[0]}; choose one",
+                    param="search",
+                )
+            request = self.generator.prepare(prompt, params, best_of)
+            return Plan(request, name, aggregation, drop_logprobs, None, n, None, stepwise)
         waves = self._adaptive(name, best_of, adaptive, adaptive_options or {})
         pruning = self._prune(best_of, prune, prune_options or {})
         if waves is not None and pruning is not None:
@@ -249,6 +196,41 @@ class BestOfN:
             pruning = Prune(rounds=0)  # no pruning: the per-candidate path, for its scoring
         request = self.generator.prepare(prompt, params, best_of)
         return Plan(request, name, aggregation, drop_logprobs, waves, n, pruning)
+
+    def _step_search(
+        self, best_of: int, asked: str | None, options: dict[str, float | int | None],
+        params: SamplingParams,
+    ) -> StepSearch | None:
+        method = asked if asked is not None else self.policy.search
+        if method not in METHODS:
+            raise InvalidRequestError(
+                f"unknown search {method!r}; valid searches: {', '.join(METHODS)}",
+                param="search",
+            )
+        if method == "best_of_n":
+            return None
+        if self.scorer is None:
+            raise InvalidRequestError(
+                f"search {method!r} needs a step scorer, and this server has none loaded; start "
+                "it with --verifier (a PRM, an ORM, task:<world> or py:module:function)",
+                param="search",
+            )
+        if not hasattr(self.generator, "extend"):
+            raise InvalidRequestError(
+                f"search {method!r} needs a backend that continues candidates step by step; "
+                "this one does not", param="search",
+            )
+        if params.logprobs is not None:
+            raise InvalidRequestError(
+                "logprobs are not returned by a step search; leave them out or use best_of_n",
+                param="logprobs",
+            )
+        found = dataclasses.replace(self.policy.search_params, method=method, **_given(options))
+        try:
+            check_search(method, best_of, found.width)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="beam_width") from None
+        return found
 
     def _prune(
         self, best_of: int, asked: bool | None, options: dict[str, float | int | None]
@@ -290,6 +272,8 @@ class BestOfN:
         return dataclasses.replace(self.policy.adaptive_params, **_given(options))
 
     async def run(self, plan: Plan) -> BestOfNResult:
+        if plan.step_search is not None:
+            return await run_step_search(self, plan, plan.step_search)
         if plan.prune is not None:
             return await self._run_pruned(plan, plan.prune)
         spec = SELECTORS[plan.selector]
@@ -318,7 +302,7 @@ class BestOfN:
             candidates.extend(drawn)
             wave_of.extend([wave] * len(drawn))
             if verifier_scores is not None:
-                scores, steps = await self._score(prompt, drawn, plan.aggregation)
+                scores, steps = await self.score(prompt, drawn, plan.aggregation)
                 verifier_scores.extend(scores)
                 if steps is not None:
                     step_scores = (step_scores or []) + steps
@@ -337,7 +321,7 @@ class BestOfN:
         votes.report()
         answers = votes.answers
         selection = spec.fn(SelectorInput(candidates, answers, verifier_scores))
-        tokens = self._record(plan, candidates, prompt_tokens, generate_s, score_s)
+        tokens = self.record(plan, candidates, prompt_tokens, generate_s, score_s)
         skipped = plan.best_of - len(candidates)
         if skipped:
             self.metrics.candidates_not_drawn.inc(skipped)
@@ -370,7 +354,7 @@ class BestOfN:
         generator = cast(StreamingGenerator, self.generator)
 
         async def score(candidates: Sequence[Candidate]) -> Scores:
-            return await self._score(prompt, candidates, plan.aggregation)
+            return await self.score(prompt, candidates, plan.aggregation)
 
         t0 = time.perf_counter()
         drawn = await draw_pruned(
@@ -407,7 +391,7 @@ class BestOfN:
 
         # in-process the prompt was counted when prepared; an upstream counts it in its streams
         prompt_tokens = plan.request.prompt_tokens or drawn.prompt_tokens or 0
-        self._record(plan, candidates, prompt_tokens, t1 - t0, drawn.exposed_score_s)
+        self.record(plan, candidates, prompt_tokens, t1 - t0, drawn.exposed_score_s)
         if drawn.pruned:
             m = self.metrics
             m.candidates_pruned.inc(len(drawn.pruned))
@@ -436,17 +420,19 @@ class BestOfN:
             ),
         )
 
-    def _record(
+    def record(
         self,
         plan: Plan,
         candidates: Sequence[Candidate],
         prompt_tokens: int,
         generate_s: float,
         score_s: float,
+        generated: int | None = None,
     ) -> int:
-        """Every request's metrics, however its candidates were drawn; its completion tokens."""
+        """Every request's metrics, however its candidates were drawn; its completion tokens
+        (``generated``, where more were made than the candidates hold)."""
         m = self.metrics
-        tokens = sum(len(c.token_ids) for c in candidates)
+        tokens = sum(len(c.token_ids) for c in candidates) if generated is None else generated
         m.candidates.labels(plan.selector).inc(len(candidates))
         m.prompt_tokens.inc(prompt_tokens)
         m.completion_tokens.inc(tokens)
@@ -463,7 +449,7 @@ class BestOfN:
             params = dataclasses.replace(params, seed=(params.seed + WAVE_SEED_STRIDE * wave))
         return self.generator.prepare(plan.request.prompt, params, size)
 
-    async def _score(
+    async def score(
         self, prompt: Prompt, candidates: Sequence[Candidate], aggregation: str | None
     ) -> Scores:
         """The verifier's score of each candidate, and a PRM's step scores (None for an ORM)."""

@@ -126,6 +126,12 @@ class _Common(RequestModel):
     prune_keep: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     prune_rounds: Count | None = None
     prune_distinct: bool | None = None
+    # step search over a step scorer: best_of_n (whole candidates), beam, dvts, particles
+    # (None: the server's --search and its --beam-width, --search-* defaults)
+    search: str | None = None
+    beam_width: Count | None = None
+    search_max_steps: Annotated[Integer, Field(ge=1, le=1024)] | None = None
+    search_temperature: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
     top_k: Annotated[Integer, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -172,6 +178,12 @@ class _Common(RequestModel):
                 "keep": self.prune_keep,
                 "rounds": self.prune_rounds,
                 "distinct": self.prune_distinct,
+            },
+            "search": self.search,
+            "search_options": {
+                "width": self.beam_width,
+                "max_steps": self.search_max_steps,
+                "temperature": self.search_temperature,
             },
         }
 
@@ -362,7 +374,8 @@ class ChatChoice(OpenAIModel):
 
 
 class StepInfo(OpenAIModel):
-    """One step of a candidate (a non-empty line) and the PRM's score of it."""
+    """One step of a candidate (a non-empty line) and the PRM's score of it (step search:
+    the step scorer's score of the candidate after this step, as the search judged it)."""
 
     text: str
     score: float | None  # None: cut from a text longer than the PRM's context
@@ -387,11 +400,15 @@ class CandidateInfo(OpenAIModel):
     state: Literal["finished", "pruned"] = "finished"
 
 
+# a step search's own figures: absent from other responses (and beam_width from particles')
+StepField = Annotated[int | None, Field(exclude_if=lambda v: v is None)]
+
+
 class SearchInfo(OpenAIModel):
     """How the candidates were drawn: ``fixed`` (all best_of at once), ``adaptive`` (waves
     until settled) or ``prune`` (all started, the weakest aborted part-way)."""
 
-    mode: Literal["fixed", "adaptive", "prune"]
+    mode: Literal["fixed", "adaptive", "prune", "beam", "dvts", "particles"]
     cap: int  # best_of: the most candidates the request could draw
     waves: int
     candidates_started: int
@@ -399,6 +416,12 @@ class SearchInfo(OpenAIModel):
     candidates_pruned: int = 0
     prune_rounds: int = 0  # pruning rounds that aborted something
     stopped_early: bool  # the stopping rule ended sampling below the cap
+    # step search (beam, dvts, particles): rounds of expansion, one-step continuations drawn,
+    # partial beams given up; beam_width is M (beam, dvts)
+    steps: StepField = None
+    beams_expanded: StepField = None
+    beams_dropped: StepField = None
+    beam_width: StepField = None
 
 
 class BestOfNInfo(OpenAIModel):

@@ -26,6 +26,7 @@ from .protocol import (
     Usage,
 )
 from .scorers.steps import DEFAULT_SEPARATOR, split_steps
+from .search.steps import STEP_METHODS
 from .types import BestOfNResult, TokenLogprob
 
 
@@ -57,6 +58,12 @@ def _steps(text: str, scores: Sequence[float], separator: str) -> list[StepInfo]
     return [
         StepInfo(text=t, score=scores[i - cut] if i >= cut else None) for i, t in enumerate(steps)
     ]
+
+
+def _step_search(result: BestOfNResult) -> dict[str, int | None]:
+    s = result.search
+    return {"steps": s.steps, "beams_expanded": s.expanded, "beams_dropped": s.dropped,
+            "beam_width": s.width}
 
 
 def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
@@ -95,6 +102,7 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
             candidates_pruned=len(pruned),
             prune_rounds=result.search.rounds,
             stopped_early=result.search.stopped_early,
+            **(_step_search(result) if result.search.mode in STEP_METHODS else {}),
         ),
         candidates=candidates,
     )

@@ -78,6 +78,28 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Extension:
+    """Step search asks: ``n`` continuations of the prompt followed by ``prefix`` (token ids
+    the policy drew earlier); prefix and continuation together stay within the request's
+    ``max_tokens``."""
+
+    prefix: tuple[int, ...]
+    n: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One continuation drawn for an ``Extension``: a step, or the rest of a candidate."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprob: float | None
+    ended: bool  # EOS, a client stop string or the token budget: no more steps
+    finish_reason: FinishReason = "stop"
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     """One candidate as it grows (``Generator.stream``): all of it so far, and whether it
     has ended (only then is its ``finish_reason`` meant)."""
@@ -105,13 +127,17 @@ class Search:
     """How the candidates were drawn: all at once (``fixed``), in waves (``adaptive``), or
     all started and the weakest aborted on the way (``prune``)."""
 
-    mode: str = "fixed"  # or "adaptive", "prune"
+    mode: str = "fixed"  # or "adaptive", "prune", "beam", "dvts", "particles"
     cap: int = 0  # best_of: the most candidates the request could draw
     waves: int = 1
     stopped_early: bool = False  # a stopping rule ended sampling below the cap
     wave_of: tuple[int, ...] = ()  # the wave each candidate came from
     pruned: tuple[int, ...] = ()  # candidates aborted by pruning (their text is partial)
     rounds: int = 0  # pruning rounds that aborted something
+    steps: int = 0  # step search: expansion rounds
+    expanded: int = 0  # step search: one-step continuations drawn
+    dropped: int = 0  # step search: partial beams given up
+    width: int | None = None  # step search: M (beam, dvts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +157,12 @@ class BestOfNResult:
     # them: the LAST len(...) steps (a text longer than the PRM's context loses its first)
     step_scores: tuple[tuple[float, ...], ...] | None = None
     search: Search = field(default_factory=Search)
+    # every token generated, where that is more than the candidates hold (step search: the
+    # steps of beams it dropped); None: the candidates' own
+    generated_tokens: int | None = None
 
     @property
     def completion_tokens(self) -> int:
+        if self.generated_tokens is not None:
+            return self.generated_tokens
         return sum(len(c.token_ids) for c in self.candidates)

@@ -31,8 +31,8 @@ from bon_server.config import Settings
 from bon_server.generators.fake import ConstantScorer, ScriptedGenerator
 from bon_server.generators.upstream import UpstreamGenerator
 from bon_server.math_answers import MathAnswer, MathRule
-from bon_server.pipeline import Votes
 from bon_server.search import Adaptive, should_stop
+from bon_server.votes import Votes
 
 HALF = (
     r"The answer is \boxed{\frac{1}{2}}",

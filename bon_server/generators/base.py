@@ -7,11 +7,11 @@ engine request with ``n = best_of``, sharing the prompt's prefix computation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..types import Generation, Progress, Prompt, SamplingParams
+from ..types import Extension, Generation, Piece, Progress, Prompt, SamplingParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,4 +43,16 @@ class StreamingGenerator(Generator, Protocol):
     def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
         """Candidate ``index`` of ``request`` alone, as it grows; closing the iteration
         aborts it."""
+        ...
+
+
+class StepGenerator(Generator, Protocol):
+    """A generator that can continue candidates a step at a time (for step search)."""
+
+    async def extend(
+        self, request: PreparedRequest, asks: Sequence[Extension], separator: str | None
+    ) -> list[list[Piece]]:
+        """For each ask, ``ask.n`` continuations of the prompt plus ``ask.prefix``, each
+        ending at ``separator`` (kept in its text; None: at its end); all asks at once,
+        cancelling the call aborts every one."""
         ...

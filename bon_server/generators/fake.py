@@ -13,7 +13,16 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 from ..errors import InvalidRequestError
-from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
+from ..types import (
+    Candidate,
+    Extension,
+    Generation,
+    Piece,
+    Progress,
+    Prompt,
+    SamplingParams,
+    TokenLogprob,
+)
 from .base import PreparedRequest
 
 
@@ -36,6 +45,8 @@ class ScriptedGenerator:
         self.cancelled = 0
         self.streams_cancelled = 0
         self.streams_finished = 0
+        self.extend_calls: list[list[Extension]] = []
+        self._draws = 0
 
     def prepare(self, prompt: Prompt, params: SamplingParams, n: int) -> PreparedRequest:
         if prompt.token_ids is not None:
@@ -79,6 +90,34 @@ class ScriptedGenerator:
             )
         return Generation(tuple(candidates), prompt_tokens=request.prompt_tokens)
 
+
+    async def extend(
+        self, request: PreparedRequest, asks: Sequence[Extension], separator: str | None
+    ) -> list[list[Piece]]:
+        """Step search: a prefix (characters as token ids) continues as the scripted texts
+        that start with it, cycled over the asks' draws, up to the next ``separator`` (kept)
+        or to its end; ``extend_calls`` records each step's asks."""
+        self.extend_calls.append(list(asks))
+        if self.delay_s:
+            try:
+                await asyncio.sleep(self.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        out = []
+        for ask in asks:
+            prefix = "".join(chr(t) for t in ask.prefix)
+            matches = [t for t in self.texts if t.startswith(prefix) and t != prefix] or [prefix]
+            pieces = []
+            for _ in range(ask.n):
+                rest = matches[self._draws % len(matches)][len(prefix):]
+                self._draws += 1
+                cut = rest.find(separator) if separator else -1
+                step = rest if cut < 0 else rest[: cut + len(separator or "")]
+                pieces.append(Piece(step, tuple(ord(ch) for ch in step), -0.1 * len(step),
+                                    ended=cut < 0))
+            out.append(pieces)
+        return out
 
     async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
         """Candidate ``index`` line by line (``delay_s`` before each line); ``streams_cancelled``

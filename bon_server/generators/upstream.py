@@ -47,7 +47,16 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError, UpstreamError
-from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
+from ..types import (
+    Candidate,
+    Extension,
+    Generation,
+    Piece,
+    Progress,
+    Prompt,
+    SamplingParams,
+    TokenLogprob,
+)
 from ..upstream_client import ModelResolver, RemoteServer
 from .base import PreparedRequest
 
@@ -74,6 +83,7 @@ class UpstreamGenerator:
         self.max_tokens_limit = max_tokens_limit
         self.ask_token_ids = True  # until the upstream refuses vLLM's return_token_ids
         self._in_flight = 0
+        self._rendered: dict[str, list[int]] = {}  # step search: prompts rendered upstream
 
     @classmethod
     def from_settings(
@@ -162,6 +172,109 @@ class UpstreamGenerator:
         if not isinstance(prompt_tokens, int):
             prompt_tokens = len(reply.get("prompt_token_ids") or ())
         return Generation(tuple(candidates), prompt_tokens=prompt_tokens)
+
+    # -------------------------------------------------------------- step search
+
+    async def extend(
+        self, request: PreparedRequest, asks: Sequence[Extension], separator: str | None
+    ) -> list[list[Piece]]:
+        """Step search through the upstream: ONE ``/completions`` request a step for every
+        live beam (a list of token-id prompts: the rendered prompt plus each beam's prefix;
+        ``stop`` at the separator, kept in the text by vLLM's ``include_stop_str_in_output``).
+        A seeded request's asks go as separate requests of the same step (one seed each).
+        One request carries one ``max_tokens``: the smallest room
+        left among its beams, so no beam passes its budget or the context; a beam stopped
+        short of its own budget is not ended, its step goes on in the next round.
+        Needs a vLLM upstream: its ``/tokenize`` renders a chat prompt, and its token ids
+        continue each beam exactly."""
+        import asyncio
+
+        if not self.ask_token_ids:
+            raise InvalidRequestError(
+                "step search in proxy mode needs an upstream that returns token ids (vLLM)",
+                param="search",
+            )
+        path, body = request.payload
+        prompt_ids = await self._prompt_ids(path, body)
+        budget = body.get("max_tokens")
+        results: list[list[Piece]] = [[] for _ in asks]
+        client_stops = list(body.get("stop") or [])
+
+        def room(i: int) -> int | None:
+            return None if budget is None else budget - len(asks[i].prefix)
+
+        live = []
+        for i, ask in enumerate(asks):
+            r = room(i)
+            if r is not None and r <= 0:  # the budget is spent: the beam ends where it is
+                results[i] = [Piece("", (), 0.0, ended=True, finish_reason="length")] * ask.n
+            else:
+                live.append(i)
+        # one request for the step: the asks' prefixes as a list of prompts, with their common
+        # n (or n = 1 and each prefix repeated); a seeded request's asks go one by one, as a
+        # seed is one per request and the same seed would repeat the same continuation
+        if any(asks[i].seed is not None for i in live):
+            batches = [([i], asks[i].n, asks[i].seed) for i in live]
+        elif len({asks[i].n for i in live}) == 1:
+            batches = [(live, asks[live[0]].n, None)] if live else []
+        else:
+            batches = [([i for i in live for _ in range(asks[i].n)], 1, None)] if live else []
+
+        async def send(members: list[int], n: int, seed: int | None) -> None:
+            rooms = [r for r in (room(i) for i in members) if r is not None]
+            step_body = {
+                **{k: v for k, v in body.items() if k not in ("prompt", "messages", "logprobs",
+                                                               "top_logprobs", "stop", "seed")},
+                "model": await self.models.resolve(),
+                "prompt": [prompt_ids + list(asks[i].prefix) for i in members],
+                "n": n,
+                "stop": client_stops + ([separator] if separator else []),
+                "include_stop_str_in_output": True,
+                "return_token_ids": True,
+            }
+            if rooms:
+                step_body["max_tokens"] = min(rooms)
+            if seed is not None:
+                step_body["seed"] = seed
+            reply = await self.remote.post("/completions", step_body)
+            try:
+                choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
+                if len(choices) != n * len(members):
+                    raise ValueError(f"{len(choices)} choices for {len(members)} prompts x n={n}")
+                for j, i in enumerate(members):
+                    results[i].extend(_piece(c, separator, client_stops, room(i))
+                                      for c in choices[j * n:(j + 1) * n])
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+                raise UpstreamError(f"malformed upstream reply: {exc!r}") from None
+
+        await asyncio.gather(*(send(m, n, seed) for m, n, seed in batches))
+        return results
+
+    async def _prompt_ids(self, path: str, body: dict[str, Any]) -> list[int]:
+        """The prompt as token ids: a chat rendered by the upstream's ``/tokenize`` (vLLM's,
+        at the server's root), a text tokenized there, token ids as given."""
+        prompt = body.get("prompt")
+        if isinstance(prompt, list):
+            return list(prompt)
+        key = repr(body.get("messages") if path == "/chat/completions" else prompt)
+        cached = self._rendered.get(key)
+        if cached is not None:
+            return cached
+        tokenize: dict[str, Any] = {"model": await self.models.resolve()}
+        if path == "/chat/completions":
+            tokenize |= {"messages": body["messages"], "add_generation_prompt": True}
+        else:
+            tokenize["prompt"] = prompt or ""
+        root = self.remote.base_url.removesuffix("/v1")
+        reply = await self.remote.post(f"{root}/tokenize", tokenize)
+        try:
+            ids = [int(t) for t in reply["tokens"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"malformed upstream /tokenize reply: {exc!r}") from None
+        if len(self._rendered) > 256:
+            self._rendered.clear()
+        self._rendered[key] = ids
+        return ids
 
     # ------------------------------------------------------------------- stream
 
@@ -279,6 +392,26 @@ def _parse_choice(choice: dict[str, Any], chat: bool, k: int | None) -> Parsed:
     if k is not None and raw:
         entries = _chat_entries(raw, k) if chat else _completion_entries(raw, k)
     return text, finish, token_ids, entries
+
+
+def _piece(choice: dict[str, Any], separator: str | None, client_stops: list[str],
+           room: int | None) -> Piece:
+    """One step search continuation: a step (it stopped at the separator), the candidate's
+    end (EOS, a client's stop, its own budget), or a step cut short by the shared
+    ``max_tokens`` (not ended: it goes on next round)."""
+    text = choice["text"]
+    if not isinstance(text, str):
+        raise ValueError(f"text is {type(text).__name__}")
+    reason = FINISH_REASONS.get(choice.get("finish_reason"))  # type: ignore[arg-type]
+    if reason is None:
+        raise UpstreamError(f"upstream generation ended with {choice.get('finish_reason')!r}")
+    stop = choice.get("stop_reason")
+    ids = tuple(int(t) for t in choice["token_ids"])
+    at_separator = separator is not None and stop == separator
+    if isinstance(stop, str) and not at_separator and stop in client_stops and text.endswith(stop):
+        text = text[: len(text) - len(stop)]
+    ended = room is None or len(ids) >= room if reason == "length" else not at_separator
+    return Piece(text, ids, None, ended=ended, finish_reason=reason)  # type: ignore[arg-type]
 
 
 def _candidate(parsed: Parsed, count: int, k: int | None) -> Candidate:

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import request_id_var
 from ..errors import BonError, InvalidRequestError, ServiceUnavailableError
-from ..types import Candidate, Generation, Progress, Prompt, SamplingParams, TokenLogprob
+from ..types import (
+    Candidate,
+    Extension,
+    Generation,
+    Piece,
+    Progress,
+    Prompt,
+    SamplingParams,
+    TokenLogprob,
+)
 from .base import PreparedRequest
 
 if TYPE_CHECKING:
@@ -152,7 +161,8 @@ class VLLMGenerator:
     # ----------------------------------------------------------------- generate
 
     def _sampling_params(
-        self, p: SamplingParams, n: int, max_tokens: int, cumulative: bool = False
+        self, p: SamplingParams, n: int, max_tokens: int, cumulative: bool = False,
+        include_stop: bool = False,
     ) -> Any:
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -173,6 +183,7 @@ class VLLMGenerator:
             logit_bias=dict(p.logit_bias) or None,
             logprobs=p.logprobs,
             ignore_eos=p.ignore_eos,
+            include_stop_str_in_output=include_stop,
             # One yield holding all n candidates (the default may end on a partial one);
             # ``stream`` follows one candidate as it grows instead.
             output_kind=kind,
@@ -209,6 +220,59 @@ class VLLMGenerator:
                 )
             )
         return Generation(tuple(candidates), prompt_tokens=len(ids))
+
+    async def extend(
+        self, request: PreparedRequest, asks: Sequence[Extension], separator: str | None
+    ) -> list[list[Piece]]:
+        """Step search: for each ask, ``n`` continuations of the prompt plus its prefix, each
+        ending at ``separator`` (kept in the text) or at its end (``separator`` None). All
+        asks go to the engine at once, so they are scheduled together and share the prompt's
+        cached blocks; cancelling the call aborts every one."""
+        import asyncio
+
+        ids, engine_params = request.payload
+        client_stops = tuple(request.params.stop)
+        client_id = request_id_var.get()
+
+        async def one(ask: Extension) -> list[Piece]:
+            p = dataclasses.replace(
+                request.params, seed=ask.seed, logprobs=None,
+                stop=client_stops + ((separator,) if separator else ()),
+            )
+            # the separator belongs to its step: kept in the text
+            room = engine_params.max_tokens - len(ask.prefix)
+            if room <= 0:  # the budget is spent: the beam ends where it is
+                return [Piece("", (), 0.0, ended=True, finish_reason="length")] * ask.n
+            params = self._sampling_params(p, ask.n, room, include_stop=True)
+            request_id = f"bon-{client_id or ''}-{uuid.uuid4().hex}"
+            final = None
+            async for output in self.engine.generate(
+                {"prompt_token_ids": ids + list(ask.prefix)}, params, request_id
+            ):
+                final = output
+            if final is None or len(final.outputs) != ask.n:
+                raise BonError("the engine returned an incomplete result")
+            pieces = []
+            for out in sorted(final.outputs, key=lambda o: o.index):
+                if out.finish_reason not in ("stop", "length"):
+                    raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+                text, stop = out.text, out.stop_reason
+                at_separator = separator is not None and stop == separator
+                if isinstance(stop, str) and not at_separator and text.endswith(stop):
+                    text = text[: len(text) - len(stop)]  # a client's stop: not in the text
+                pieces.append(Piece(text, tuple(out.token_ids), out.cumulative_logprob,
+                                    ended=not at_separator, finish_reason=out.finish_reason))
+            return pieces
+
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return list(await asyncio.gather(*(one(a) for a in asks)))
+        except EngineDeadError as exc:
+            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
+        except VLLMClientError as exc:
+            raise InvalidRequestError(str(exc)) from exc
 
     async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
         """Candidate ``index`` of ``request`` alone (its own engine request, n = 1, seeded

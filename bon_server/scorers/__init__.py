@@ -18,6 +18,11 @@ def build_scorer(settings: Settings) -> Scorer | None:
     only the tokenizer and config, so the text is laid out here exactly as in-process)."""
     if settings.verifier is None:  # Settings refuses verifier_url without it
         return None
+    from .plugins import build_plugin, is_plugin
+    from .steps import resolve_separator
+
+    if is_plugin(settings.verifier):  # task:<world>, py:module:function
+        return build_plugin(settings.verifier, None, resolve_separator(settings.step_separator))
     if settings.verifier_url is not None:
         from .remote import RemoteORMScorer, RemotePRMScorer
 
@@ -32,7 +37,6 @@ def build_scorer(settings: Settings) -> Scorer | None:
             settings.verifier, share_prefix=settings.verifier_share_prefix, **where
         )
     from .prm import PRMScorer
-    from .steps import resolve_separator
 
     return PRMScorer.from_pretrained(
         settings.verifier, step_format=settings.verifier_step_format,

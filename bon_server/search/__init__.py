@@ -8,6 +8,8 @@
     prune      every candidate started as its own engine request; at step boundaries the
                verifier ranks the unfinished ones and the weakest are aborted (``prune.py``;
                Speculative Rejection, Sun et al. 2024)
+    steps      beam search, DVTS and particle filtering: candidates grown one step at a time
+               under a step scorer (``steps.py``; Snell et al. 2024, Puri et al. 2025)
 
 This package knows nothing of HTTP; the pipeline asks it what to do next.
 """
@@ -15,11 +17,27 @@ This package knows nothing of HTTP; the pipeline asks it what to do next.
 from __future__ import annotations
 
 from .prune import Prune, Pruned, draw_pruned
-from .rules import ADAPTIVE_SELECTORS, Adaptive, beta_confidence, should_stop, wave_sizes
+from .rules import (
+    ADAPTIVE_SELECTORS,
+    SEED_STRIDE,
+    Adaptive,
+    beta_confidence,
+    should_stop,
+    wave_sizes,
+)
+from .steps import METHODS, STEP_METHODS, Beam, Searched, StepSearch, check_search, run_search
 
 __all__ = [
     "ADAPTIVE_SELECTORS",
+    "METHODS",
+    "SEED_STRIDE",
+    "STEP_METHODS",
     "Adaptive",
+    "Beam",
+    "Searched",
+    "StepSearch",
+    "check_search",
+    "run_search",
     "Prune",
     "Pruned",
     "beta_confidence",

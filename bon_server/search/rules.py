@@ -26,6 +26,8 @@ import numpy as np
 from ..answers import tally
 
 ADAPTIVE_SELECTORS = ("majority", "weighted_majority", "verifier")
+# a seeded request draws again (adaptive wave w, step search draw k) with seed + k * this
+SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True, slots=True)
