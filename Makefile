@@ -12,6 +12,8 @@ MODEL ?=
 STAMP := $(VENV)/.installed
 # the candidate page's browser tests drive Debian's Chromium (Playwright never downloads one)
 CHROMIUM := /usr/bin/chromium
+# the code sandbox (bon_server/sandbox) runs candidates under Debian's bubblewrap
+BWRAP := /usr/bin/bwrap
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -33,10 +35,14 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
+$(BWRAP):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends bubblewrap
+
 serve: $(STAMP)
 	$(VENV)/bin/bon-server serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(BWRAP)
 	$(VENV)/bin/python -m pytest
 
 # the docs site at http://127.0.0.1:8001 (tests/test_docs.py builds it with --strict)
@@ -48,3 +54,18 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV)
+
+# its_hub 1.2.0 in its own venv, for loadtest/its_hub_bench.py (its step searches beside bon's):
+# the package without its extras, then the light packages its_hub.core and its_hub.api import
+# (the [lm] extra's openai is never imported by them: left out)
+ITS_HUB_VENV := .venv-its-hub
+.PHONY: its-hub-venv
+its-hub-venv: $(ITS_HUB_VENV)/.installed
+
+$(ITS_HUB_VENV)/.installed:
+	$(PYTHON) -m venv $(ITS_HUB_VENV)
+	$(ITS_HUB_VENV)/bin/pip install -q --no-deps its-hub==1.2.0 2>&1 | $(QUIET)
+	$(ITS_HUB_VENV)/bin/pip install -q numpy typing-extensions aiohttp backoff \
+	    'certifi>=2026.2.25' requests 2>&1 | $(QUIET)
+	$(ITS_HUB_VENV)/bin/python -c "import its_hub.core.lms.openai_lm, its_hub.core.algorithms.beam_search, its_hub.core.algorithms.particle_gibbs, its_hub.core.orchestrator"
+	touch $@

@@ -101,6 +101,9 @@ def create_app(
                 temperature=settings.search_temperature,
             ),
             step_separator=resolve_separator(settings.step_separator),
+            tests_timeout_s=settings.tests_timeout_s,
+            tests_concurrency=settings.tests_concurrency,
+            tests_memory_mb=settings.tests_memory_mb,
         )
         app.state.pipeline = BestOfN(gen, verifier, policy, metrics)
         if hasattr(gen, "num_unfinished"):

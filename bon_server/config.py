@@ -204,6 +204,17 @@ class Settings(BaseSettings):
         0.1, gt=0.0, le=100.0,
         description="particles: resample in proportion to softmax(score / temperature)",
     )
+    # code checked by its tests (the ``tests`` request field), run in bon_server.sandbox
+    tests_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="tests: wall seconds per candidate when a request "
+        "does not say; also the most a request may ask for (tests_timeout_s)"
+    )
+    tests_concurrency: int = Field(
+        2, ge=1, le=256, description="tests: candidates run in the sandbox at once, server-wide"
+    )
+    tests_memory_mb: int = Field(
+        1024, ge=64, le=1 << 20, description="tests: address space per candidate (MiB)"
+    )
     score_while_decoding: bool = Field(
         False,
         description="fixed N with a verifier: one engine (or upstream) request per candidate, "

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import cast
 
 from .answers import DEFAULT_RULES
+from .code_tests import TestRunner, Tests, rank, signature
 from .errors import BonError, InvalidRequestError, ServiceUnavailableError
 from .generators.base import Generator, PreparedRequest, StreamingGenerator
 from .metrics import Metrics
+from .sandbox import Limits, TestReport, split_tests
 from .scorers.base import Scorer, StepScorer, aggregate, check_aggregation
 from .search import (
     ADAPTIVE_SELECTORS,
@@ -65,6 +67,7 @@ class Plan:
     choices: int = 1  # the client's n
     prune: Prune | None = None  # start all, abort the weakest at step boundaries
     step_search: StepSearch | None = None  # grow candidates step by step (beam, dvts, particles)
+    tests: Tests | None = None  # run each candidate's program against these, rank by them
 
     @property
     def best_of(self) -> int:
@@ -90,6 +93,9 @@ class Policy:
     search: str = "best_of_n"  # --search: requests that do not say search this way
     search_params: StepSearch = StepSearch()  # --beam-width, --search-max-steps, -temperature
     step_separator: str = "\n"  # where a step ends (the world's: a line; --step-separator)
+    tests_timeout_s: float = 10.0  # --tests-timeout-s: a request's default and its cap
+    tests_concurrency: int = 2  # --tests-concurrency: sandboxed candidates at once
+    tests_memory_mb: int = 1024  # --tests-memory-mb
 
 
 class BestOfN:
@@ -104,6 +110,7 @@ class BestOfN:
         self.scorer = scorer
         self.policy = policy or Policy()
         self.metrics = metrics or Metrics()
+        self.tests = TestRunner(self.policy.tests_concurrency)
 
     def plan(
         self,
@@ -120,10 +127,14 @@ class BestOfN:
         prune_options: dict[str, float | int | None] | None = None,
         search: str | None = None,
         search_options: dict[str, float | int | None] | None = None,
+        tests: str | Sequence[str] | None = None,
+        tests_timeout_s: float | None = None,
     ) -> Plan:
-        """``adaptive``, ``prune``: None follows the server (``--adaptive``, ``--prune``);
-        the options override ``Adaptive``'s and ``Prune``'s fields by name."""
+        """``adaptive``, ``prune``, ``search``: None follows the server (``--adaptive``,
+        ``--prune``, ``--search``); the options override their fields by name. ``tests``:
+        every candidate's program runs them in the sandbox and selection ranks by them."""
         policy = self.policy
+        checks = self._tests(tests, tests_timeout_s)
         if best_of is None:
             best_of = max(policy.default_best_of, n)
         if best_of < n:
@@ -164,6 +175,14 @@ class BestOfN:
             aggregation = None
         elif aggregation is None:  # the server's --prm-aggregation: say which one scored
             aggregation = getattr(self.scorer, "aggregation", None)
+        if checks is not None:  # whole candidates only: a step search, pruning cut them short
+            for field, value in (("search", search not in (None, "best_of_n")), ("prune", prune)):
+                if value:
+                    raise InvalidRequestError(
+                        f"tests cannot be combined with {field}; candidates are tested whole",
+                        param="tests",
+                    )
+            search, prune = "best_of_n", False
         stepwise = self._step_search(best_of, search, search_options or {}, params)
         if stepwise is not None:
             asked = [f for f, v in (("adaptive", adaptive), ("prune", prune)) if v]
@@ -195,7 +214,24 @@ class BestOfN:
         ):
             pruning = Prune(rounds=0)  # no pruning: the per-candidate path, for its scoring
         request = self.generator.prepare(prompt, params, best_of)
-        return Plan(request, name, aggregation, drop_logprobs, waves, n, pruning)
+        return Plan(request, name, aggregation, drop_logprobs, waves, n, pruning, None, checks)
+
+    def _tests(self, tests: str | Sequence[str] | None, timeout_s: float | None) -> Tests | None:
+        if tests is None:
+            return None
+        cap = self.policy.tests_timeout_s
+        if timeout_s is not None and timeout_s > cap:
+            raise InvalidRequestError(
+                f"tests_timeout_s ({timeout_s:g}) exceeds this server's limit ({cap:g})",
+                param="tests_timeout_s",
+            )
+        wall = timeout_s if timeout_s is not None else cap
+        snippets = tuple(split_tests(tests))
+        if not snippets:
+            raise InvalidRequestError("tests must not be empty", param="tests")
+        limits = Limits(cpu_s=wall, wall_s=wall,
+                        memory_bytes=self.policy.tests_memory_mb << 20)
+        return Tests(snippets, limits)
 
     def _step_search(
         self, best_of: int, asked: str | None, options: dict[str, float | int | None],
@@ -289,6 +325,7 @@ class BestOfN:
             plan.best_of, plan.adaptive, plan.choices
         )
         stopped_early = False
+        reports: list[TestReport] = []
         for wave, size in enumerate(sizes):
             t0 = time.perf_counter()
             request = plan.request if plan.adaptive is None else self._wave(plan, wave, size)
@@ -306,21 +343,28 @@ class BestOfN:
                 verifier_scores.extend(scores)
                 if steps is not None:
                     step_scores = (step_scores or []) + steps
+            if plan.tests is not None:
+                reports.extend(await self.tests.check(plan.tests, drawn))
             t2 = time.perf_counter()
             generate_s += t1 - t0
             score_s += t2 - t1
-            await votes.add([c.text for c in drawn])
+            if plan.tests is None:
+                await votes.add([c.text for c in drawn])
+            answers = votes.answers if plan.tests is None else [signature(r) for r in reports]
             if (
                 plan.adaptive is not None
                 and wave < len(sizes) - 1
-                and should_stop(plan.selector, votes.answers, verifier_scores, plan.adaptive)
+                and (any(r.fraction == 1.0 for r in reports)  # a program passes everything
+                     or should_stop(plan.selector, answers, verifier_scores, plan.adaptive))
             ):
                 stopped_early = True
                 break
 
         votes.report()
-        answers = votes.answers
         selection = spec.fn(SelectorInput(candidates, answers, verifier_scores))
+        order, scores = list(selection.order), list(selection.scores)
+        if plan.tests is not None:  # the tests first; ties in the selector's order
+            order, scores = rank(order, reports), [r.fraction for r in reports]
         tokens = self.record(plan, candidates, prompt_tokens, generate_s, score_s)
         skipped = plan.best_of - len(candidates)
         if skipped:
@@ -329,9 +373,9 @@ class BestOfN:
         return BestOfNResult(
             candidates=tuple(candidates),
             answers=tuple(answers),
-            scores=tuple(selection.scores),
+            scores=tuple(scores),
             verifier_scores=tuple(verifier_scores) if verifier_scores is not None else None,
-            order=tuple(selection.order),
+            order=tuple(order),
             selector=plan.selector,
             aggregation=plan.aggregation,
             prompt_tokens=prompt_tokens,
@@ -344,6 +388,7 @@ class BestOfN:
                 stopped_early=stopped_early,
                 wave_of=tuple(wave_of),
             ),
+            tests=tuple(reports) if plan.tests is not None else None,
         )
 
     async def _run_pruned(self, plan: Plan, prune: Prune) -> BestOfNResult:

@@ -88,6 +88,9 @@ Integer = Annotated[int, BeforeValidator(_integral)]
 Count = Annotated[Integer, Field(ge=1, le=128)]
 
 
+MAX_TESTS = 256  # snippets a request may send (each also bounded by the body limit)
+
+
 class _Common(RequestModel):
     """Fields shared by chat and completions requests."""
 
@@ -132,6 +135,9 @@ class _Common(RequestModel):
     beam_width: Count | None = None
     search_max_steps: Annotated[Integer, Field(ge=1, le=1024)] | None = None
     search_temperature: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    # code checked by its tests: snippets run after each candidate's program in the sandbox
+    tests: str | list[str] | None = None
+    tests_timeout_s: Annotated[float, Field(gt=0.0)] | None = None
     # --- vLLM-style sampling extensions ---------------------------------------
     top_k: Annotated[Integer, Field(ge=-1)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -147,6 +153,22 @@ class _Common(RequestModel):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("tests", mode="before")
+    @classmethod
+    def _tests(cls, value: Any) -> Any:
+        """One script, or a list of 1..256 non-empty snippets; one param for every mistake."""
+        items = [value] if isinstance(value, str) else value
+        if value is None:
+            return value
+        if not isinstance(items, list) or not items or len(items) > MAX_TESTS:
+            raise InvalidRequestError(
+                f"tests must be a test script or a list of 1 to {MAX_TESTS} test snippets",
+                param="tests",
+            )
+        if not all(isinstance(t, str) and t.strip() for t in items):
+            raise InvalidRequestError("every test must be a non-empty string", param="tests")
         return value
 
     @model_validator(mode="after")
@@ -179,6 +201,8 @@ class _Common(RequestModel):
                 "rounds": self.prune_rounds,
                 "distinct": self.prune_distinct,
             },
+            "tests": self.tests,
+            "tests_timeout_s": self.tests_timeout_s,
             "search": self.search,
             "search_options": {
                 "width": self.beam_width,
@@ -381,6 +405,16 @@ class StepInfo(OpenAIModel):
     score: float | None  # None: cut from a text longer than the PRM's context
 
 
+class TestsInfo(OpenAIModel):
+    """A candidate's program against the request's tests, run in the sandbox."""
+
+    passed: int
+    failed: int
+    errored: int
+    first_error: str | None  # the last line of the first failure's traceback
+    timed_out: bool = False
+
+
 class CandidateInfo(OpenAIModel):
     """One generated candidate, returned when ``return_candidates`` is true."""
 
@@ -398,6 +432,8 @@ class CandidateInfo(OpenAIModel):
     # pruned: aborted part-way (its text: the lines the verifier judged; its tokens: all it
     # made; its verifier_score: at pruning; never chosen)
     state: Literal["finished", "pruned"] = "finished"
+    # with ``tests``: how its program fared (None without tests)
+    tests: TestsInfo | None = None
 
 
 # a step search's own figures: absent from other responses (and beam_width from particles')

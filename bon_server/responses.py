@@ -23,6 +23,7 @@ from .protocol import (
     CompletionResponse,
     SearchInfo,
     StepInfo,
+    TestsInfo,
     Usage,
 )
 from .scorers.steps import DEFAULT_SEPARATOR, split_steps
@@ -60,6 +61,11 @@ def _steps(text: str, scores: Sequence[float], separator: str) -> list[StepInfo]
     ]
 
 
+def _tests(report: Any) -> TestsInfo:
+    return TestsInfo(passed=report.passed, failed=report.failed, errored=report.errored,
+                     first_error=report.first_error, timed_out=report.timed_out)
+
+
 def _step_search(result: BestOfNResult) -> dict[str, int | None]:
     s = result.search
     return {"steps": s.steps, "beams_expanded": s.expanded, "beams_dropped": s.dropped,
@@ -83,6 +89,7 @@ def bon_info(result: BestOfNResult, meta: ResponseMeta) -> BestOfNInfo:
                        if result.step_scores else None),
                 wave=result.search.wave_of[i] if result.search.wave_of else 0,
                 state="pruned" if i in pruned else "finished",
+                tests=_tests(result.tests[i]) if result.tests is not None else None,
             )
             for i, c in enumerate(result.candidates)
         ]

@@ -8,7 +8,7 @@ generators, scorers and selectors never see HTTP or JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -160,6 +160,8 @@ class BestOfNResult:
     # every token generated, where that is more than the candidates hold (step search: the
     # steps of beams it dropped); None: the candidates' own
     generated_tokens: int | None = None
+    # with the request's ``tests``: each candidate's report (``sandbox.TestReport``)
+    tests: tuple[Any, ...] | None = None
 
     @property
     def completion_tokens(self) -> int:
