@@ -1171,6 +1171,39 @@ def test_proxy_with_the_remote_prm(proxy_prm, upstreams):
 
 
 @pytest.mark.engine
+@pytest.mark.parametrize("method", ["beam", "particles"])
+def test_step_search_through_the_upstream_is_one_request_a_step(proxy_prm, upstreams, method):
+    """Step search in proxy mode, the remote PRM scoring each step: every step of an unseeded
+    search is ONE upstream /completions request for all its live beams (plus one /tokenize
+    to render the chat), and usage counts exactly what the upstream generated."""
+    policy = upstreams["policy"]
+
+    def requests(handler: str) -> float:
+        try:
+            return policy.metric(f'http_requests_total{{handler="{handler}",method="POST",'
+                                 'status="2xx"}')
+        except KeyError:
+            return 0.0
+
+    before = {h: requests(h) for h in ("/v1/completions", "/tokenize", "/v1/chat/completions")}
+    tokens = policy.metric("vllm:generation_tokens_total")
+    r = httpx.post(f"{proxy_prm.base_url}/v1/chat/completions", timeout=300, json={
+        "model": MODEL, "messages": [{"role": "user", "content": Q}], "max_tokens": 96,
+        "best_of": 8, "beam_width": 2, "search": method, "selector": "verifier",
+        "return_candidates": True})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    search = out["bon"]["search"]
+    assert search["mode"] == method and search["steps"] >= 2
+    assert requests("/v1/completions") - before["/v1/completions"] == search["steps"]
+    assert requests("/tokenize") - before["/tokenize"] <= 1  # the rendered prompt is cached
+    assert requests("/v1/chat/completions") == before["/v1/chat/completions"]
+    assert out["usage"]["completion_tokens"] == (
+        policy.metric("vllm:generation_tokens_total") - tokens)
+    assert all(c["steps"] for c in out["bon"]["candidates"])
+
+
+@pytest.mark.engine
 def test_proxy_logprob_selector_needs_and_gets_upstream_logprobs(client):
     logprob_selected(client)
     # asked by the selector only: not returned
