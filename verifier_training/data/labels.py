@@ -57,8 +57,10 @@ from verifier_training.data.records import (
     LABELLERS,
     SampleRecord,
     StepLabelRecord,
+    chat_messages,
     read_labels,
     read_samples,
+    task_system_prompt,
     write_jsonl,
 )
 from verifier_training.data.sampling import (
@@ -173,11 +175,7 @@ class GeneratorRollout:
         return await task
 
     def token_ids(self, question: str, prefix: str) -> list[int]:
-        messages = [{"role": "user", "content": question}]
-        system = getattr(self.task, "system_prompt", "") if getattr(self.task, "finite", False) \
-            else ""
-        if system:
-            messages.insert(0, {"role": "system", "content": system})
+        messages = chat_messages(question, task_system_prompt(self.task))
         head = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
         return self.tokenizer.encode(head + prefix, add_special_tokens=False)

@@ -128,6 +128,20 @@ def question_prompt(question: str, system_prompt: str = "") -> Prompt:
                   else (user,))
 
 
+def task_system_prompt(task: Any) -> str:
+    """The system message a task's problems are asked with: a dataset's ``--system-prompt``
+    ("" without one). A world's problems are asked without one (its ``system_prompt`` is one
+    of the system messages its SFT chats vary over, not part of its prompts)."""
+    return getattr(task, "system_prompt", "") if getattr(task, "finite", False) else ""
+
+
+def chat_messages(question: str, system_prompt: str = "") -> list[dict[str, str]]:
+    """``question_prompt``'s messages as a chat template reads them (role, content dicts): the
+    prompt of every chat a policy is sampled, rolled out or trained with."""
+    messages = question_prompt(question, system_prompt).messages or ()
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
 def hard_labels(counts: Iterable[int | None]) -> list[bool]:
     return [k is not None and k > 0 for k in counts]
 

@@ -37,7 +37,12 @@ from bon_server.tasks.args import add_task_args, checker_summary, task_from_args
 from bon_server.tasks.base import EVAL_SEED, held_out_questions, training_problems
 from bon_server.types import Generation, Prompt, SamplingParams
 from verifier_training.cli import command_parser
-from verifier_training.data.records import SampleRecord, question_prompt, write_jsonl
+from verifier_training.data.records import (
+    SampleRecord,
+    question_prompt,
+    task_system_prompt,
+    write_jsonl,
+)
 
 TRAIN_SEED = 101
 SEED_STRIDE = 100_003
@@ -194,8 +199,7 @@ async def sample_problem_records(
 
     async def one(index: int, problem: Any) -> list[SampleRecord]:
         seed = request_seed(problem_seed, index)
-        prompt = question_prompt(problem.question, getattr(task, "system_prompt", "")
-                                 if getattr(task, "finite", False) else "")
+        prompt = question_prompt(problem.question, task_system_prompt(task))
         generation = await generate(generator, prompt, params, k, seed, limit)
         reference = str(problem.answer)
         # one problem's answers as the server's votes: with the math rule, answers math-verify

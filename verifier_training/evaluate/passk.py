@@ -29,6 +29,7 @@ from collections import Counter
 from bon_server.answers import extract_answer
 from bon_server.tasks.args import add_task_args, checker_summary, task_from_args
 from verifier_training.cli import command_parser
+from verifier_training.data.records import chat_messages, task_system_prompt
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = llm.get_tokenizer()
     prompts = []
     for problem in problems:
-        system = getattr(task, "system_prompt", "") if getattr(task, "finite", False) else ""
         text = tokenizer.apply_chat_template(
-            ([{"role": "system", "content": system}] if system else [])
-            + [{"role": "user", "content": problem.question}],
+            chat_messages(problem.question, task_system_prompt(task)),
             tokenize=False,
             add_generation_prompt=True,
         )

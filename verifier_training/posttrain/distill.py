@@ -18,7 +18,12 @@ same teacher solutions, one student per filter (TRL's ``SFTTrainer``, ``--steps`
 
 Each student is measured on the held-out problems (pass@1, pass@K, majority@K). Output under
 ``--out``: ``teacher.jsonl`` (every teacher sample), ``solutions.jsonl`` (the picks),
-``student-<filter>/`` (a servable model with ``training_config.json``), ``summary.json``.
+``student-<filter>/`` (a servable model with ``training_config.json`` and
+``train_rows.jsonl``, the chats it learnt), ``summary.json``.
+
+With ``--dataset`` the problems are the file's training part (its held-out part is only
+measured on), and the student's chats ask each question as the teacher was asked it, after
+the dataset's ``--system-prompt``.
 """
 
 from __future__ import annotations
@@ -31,11 +36,19 @@ from typing import Any
 
 from bon_server.selectors import SelectorInput, majority, verifier, weighted_majority
 from bon_server.tasks.args import add_task_args, task_from_args
+from bon_server.tasks.base import EVAL_SEED
 from verifier_training.cli import command_parser
-from verifier_training.data.records import group_by_problem, read_samples, write_json, write_jsonl
+from verifier_training.data.records import (
+    group_by_problem,
+    read_samples,
+    task_system_prompt,
+    write_json,
+    write_jsonl,
+)
 from verifier_training.evaluate.curves import add_verifier_args, verifier_scores
 from verifier_training.posttrain.rounds import (
     add_round_args,
+    held_out_leaks,
     policy_metrics,
     sample_round,
     train_sft,
@@ -80,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("a verifier selector or filter needs exactly one of --orm and --prm")
     if args.orm and args.prm:
         p.error("give one verifier: --orm or --prm")
+    if args.problem_seed == EVAL_SEED:
+        p.error(f"--problem-seed {EVAL_SEED} is the held-out problems' stream")
     return args
 
 
@@ -116,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
                                   progress=not args.no_progress, dtype=args.dtype)
         write_jsonl(teacher_path, records)
     records = read_samples(teacher_path)
+    leaks = held_out_leaks(records, task)
+    if leaks:  # a teacher.jsonl left by a run with other flags (another --held-out)
+        raise SystemExit(f"{teacher_path}: {len(leaks)} held-out questions of {task.name} among "
+                         f"the teacher's samples, e.g. {leaks[0]!r}")
     scores = verifier_scores(args, records) if (args.orm or args.prm) else None
     solutions = pick_solutions(records, args.teacher_selector, scores)
     write_jsonl(os.path.join(args.out, "solutions.jsonl"), solutions)
@@ -144,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         trained = train_sft(args.student, [(r.question, r.completion.strip()) for r in kept],
                             out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed, threads=args.threads,
-                            progress=not args.no_progress, record=record)
+                            progress=not args.no_progress, record=record,
+                            system_prompt=task_system_prompt(task))
         held = []
         if args.eval_problems:  # 0: train only (the student is measured elsewhere)
             _, held = sample_round(out, task, train_problems=0, train_seed=args.problem_seed,

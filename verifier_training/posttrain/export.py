@@ -39,16 +39,17 @@ from verifier_training.cli import command_parser
 from verifier_training.data.records import (
     SampleRecord,
     StepLabelRecord,
+    chat_messages,
     group_by_problem,
     read_labels,
     read_samples,
+    task_system_prompt,
     write_json,
 )
 
 
 def _user(question: str, system: str = "") -> list[dict[str, str]]:
-    head = [{"role": "system", "content": system}] if system else []
-    return [*head, {"role": "user", "content": question}]
+    return chat_messages(question, system)  # the prompt as sampling asked it
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -150,10 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     records = read_samples(args.records)
-    system = ""
-    if args.dataset:
-        task = task_from_args(args)
-        system = task.system_prompt
+    system = task_system_prompt(task_from_args(args)) if args.dataset else ""
     skip = not args.keep_truncated
     os.makedirs(args.out_dir, exist_ok=True)
     out = args.out_dir

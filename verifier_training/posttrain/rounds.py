@@ -9,8 +9,12 @@
 - ``train_sft`` / ``train_dpo``: TRL's ``SFTTrainer`` / ``DPOTrainer`` on ``datasets``
   built from conversational prompt-completion rows (so the loss covers the assistant turn and
   its ``<|end|>`` only, rendered by the policy's own chat template), from the current policy.
+  Each row's prompt is ``records.chat_messages``: the question after the task's system
+  message (a dataset's ``--system-prompt``), exactly as ``sample_round`` asked it.
   The output is a servable model directory: the weights, the init's tokenizer and generation
-  config (copied, so vLLM's request defaults cannot drift) and ``training_config.json``.
+  config (copied, so vLLM's request defaults cannot drift), ``training_config.json`` and
+  ``train_rows.jsonl`` (the rows trained on).
+- ``held_out_leaks``: training records whose question is one of the task's held-out ones.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see train/sft.py: sleeping OpenMP waiters
 
 from bon_server.tasks import Task  # noqa: E402
-from bon_server.tasks.base import EVAL_SEED  # noqa: E402
+from bon_server.tasks.base import EVAL_SEED, held_out_questions  # noqa: E402
 from bon_server.types import SamplingParams  # noqa: E402
-from verifier_training.data.records import SampleRecord, group_by_problem  # noqa: E402
+from verifier_training.data.records import (  # noqa: E402
+    SampleRecord,
+    chat_messages,
+    group_by_problem,
+)
 from verifier_training.data.sampling import (  # noqa: E402
     close,
     open_generator,
@@ -47,8 +55,12 @@ def sample_round(policy: str, task: Task, *, train_problems: int, train_seed: in
                  eval_problems: int = 0, eval_k: int = 16, temperature: float = 1.0,
                  max_tokens: int = 128, progress: bool = True, dtype: str = "auto",
                  ) -> tuple[list[SampleRecord], list[SampleRecord]]:
-    """(training records, held-out records) of ``policy``; either count may be 0."""
-
+    """(training records, held-out records) of ``policy``; either count may be 0. The
+    training problems come from stream ``train_seed``, which never holds a held-out problem
+    (so it may not be ``EVAL_SEED``, the held-out stream itself)."""
+    if train_problems and train_seed == EVAL_SEED:
+        raise ValueError(f"training problems cannot come from stream {EVAL_SEED}: it is the "
+                         "held-out one")
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
 
     async def run() -> tuple[list[SampleRecord], list[SampleRecord]]:
@@ -110,17 +122,33 @@ def add_round_args(p: argparse.ArgumentParser, eval_help: str) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def chat_rows(examples: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """(question, completion) -> TRL's conversational prompt-completion rows."""
-    return [{"prompt": [{"role": "user", "content": q}],
+def held_out_leaks(records: Sequence[SampleRecord], task: Task) -> list[str]:
+    """The questions of ``records`` that are held out of ``task``'s training (its evaluation
+    problems; a dataset's held-out part): what a training set must never hold."""
+    held = held_out_questions(task)
+    return sorted({r.question for r in records if r.question in held})
+
+
+def chat_rows(examples: Sequence[tuple[str, str]],
+              system_prompt: str = "") -> list[dict[str, Any]]:
+    """(question, completion) -> TRL's conversational prompt-completion rows, the prompt as
+    sampling asked it (``system_prompt``: the task's, ``records.task_system_prompt``)."""
+    return [{"prompt": chat_messages(q, system_prompt),
              "completion": [{"role": "assistant", "content": c}]} for q, c in examples]
 
 
-def pair_rows(pairs: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
-    """(question, chosen, rejected) -> TRL's conversational preference rows."""
-    return [{"prompt": [{"role": "user", "content": q}],
+def pair_rows(pairs: Sequence[tuple[str, str, str]],
+              system_prompt: str = "") -> list[dict[str, Any]]:
+    """(question, chosen, rejected) -> TRL's conversational preference rows (the prompt as
+    in ``chat_rows``)."""
+    return [{"prompt": chat_messages(q, system_prompt),
              "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]} for q, c, r in pairs]
+
+
+def write_rows(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _common_args(steps: int, batch_size: int, lr: float, seed: int, progress: bool,
@@ -166,49 +194,56 @@ def _save(trainer, model, init: str, out: str, record: dict[str, Any]) -> None: 
 
 
 def _fit(make_trainer, model, init: str, out: str, record: dict[str, Any] | None,  # type: ignore[no-untyped-def]
-         done: dict[str, Any]) -> dict[str, Any]:
+         done: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Train what ``make_trainer(scratch_dir)`` builds, then save the model to ``out`` with
-    ``done`` (plus the training seconds) in its record; TRL's own output dir is thrown away."""
+    ``done`` (plus the training seconds) in its record and the ``rows`` it trained on in
+    ``train_rows.jsonl``; TRL's own output dir is thrown away."""
     with tempfile.TemporaryDirectory(prefix="bon-train-") as scratch:
         trainer = make_trainer(scratch)
         start = time.time()
         trainer.train()
         done = {**done, "train_seconds": round(time.time() - start, 1)}
+    os.makedirs(out, exist_ok=True)
+    write_rows(os.path.join(out, "train_rows.jsonl"), rows)
     _save(trainer, model, init, out, {**(record or {}), "training": done})
     return done
 
 
 def train_sft(init: str, examples: Sequence[tuple[str, str]], out: str, *, steps: int,
               batch_size: int = 32, lr: float = 5e-4, seed: int = 0, threads: int = 2,
-              progress: bool = True, record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune ``init`` on (question, completion) pairs with TRL's SFTTrainer; save to
-    ``out``. Returns what it did (steps, seconds, final loss)."""
+              progress: bool = True, record: dict[str, Any] | None = None,
+              system_prompt: str = "") -> dict[str, Any]:
+    """Fine-tune ``init`` on (question, completion) pairs with TRL's SFTTrainer, each asked
+    after ``system_prompt`` (the task's); save to ``out``. Returns what it did (steps,
+    seconds, final loss)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if not examples:
         raise ValueError("nothing to train on: the rule kept no example")
     model, tokenizer = _load(init, threads)
+    rows = chat_rows(examples, system_prompt)
 
     def make(scratch: str) -> SFTTrainer:
         config = SFTConfig(**_common_args(steps, batch_size, lr, seed, progress, scratch),
                            completion_only_loss=True, packing=False)
         return SFTTrainer(model=model, args=config, processing_class=tokenizer,
-                          train_dataset=Dataset.from_list(chat_rows(examples)))
+                          train_dataset=Dataset.from_list(rows))
 
     return _fit(make, model, init, out, record,
                 {"trainer": "trl.SFTTrainer", "examples": len(examples), "steps": steps,
-                 "batch_size": batch_size, "lr": lr, "seed": seed})
+                 "batch_size": batch_size, "lr": lr, "seed": seed,
+                 "system_prompt": system_prompt}, rows)
 
 
 def train_dpo(init: str, pairs: Sequence[tuple[str, str, str]], out: str, *, steps: int,
               batch_size: int = 32, lr: float = 5e-5, beta: float = 0.1, sft_weight: float = 0.0,
               seed: int = 0, threads: int = 2, progress: bool = True,
-              record: dict[str, Any] | None = None) -> dict[str, Any]:
+              record: dict[str, Any] | None = None, system_prompt: str = "") -> dict[str, Any]:
     """DPO from ``init`` (also the frozen reference) on (question, chosen, rejected) with TRL's
-    DPOTrainer; save to ``out``. ``sft_weight`` > 0 adds the chosen completions' NLL to the
-    loss, weighted so (RPO, Pang et al. 2024: DPO alone lowers the chosen answers' likelihood
-    too on reasoning tasks)."""
+    DPOTrainer, each asked after ``system_prompt`` (the task's); save to ``out``.
+    ``sft_weight`` > 0 adds the chosen completions' NLL to the loss, weighted so (RPO, Pang et
+    al. 2024: DPO alone lowers the chosen answers' likelihood too on reasoning tasks)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -217,14 +252,15 @@ def train_dpo(init: str, pairs: Sequence[tuple[str, str, str]], out: str, *, ste
     model, tokenizer = _load(init, threads)
     losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) \
         if sft_weight > 0 else {}
+    rows = pair_rows(pairs, system_prompt)
 
     def make(scratch: str) -> DPOTrainer:
         config = DPOConfig(**_common_args(steps, batch_size, lr, seed, progress, scratch),
                            beta=beta, **losses)
         return DPOTrainer(model=model, args=config, processing_class=tokenizer,
-                          train_dataset=Dataset.from_list(pair_rows(pairs)))
+                          train_dataset=Dataset.from_list(rows))
 
     return _fit(make, model, init, out, record,
                 {"trainer": "trl.DPOTrainer", "pairs": len(pairs), "steps": steps,
                  "batch_size": batch_size, "lr": lr, "beta": beta, "sft_weight": sft_weight,
-                 "seed": seed})
+                 "seed": seed, "system_prompt": system_prompt}, rows)

@@ -15,17 +15,23 @@ Each round (Llama 2's iterative rejection sampling; STaR with ``--rule checker``
 3. TRL's ``SFTTrainer`` fine-tunes the current policy on them for ``--steps`` steps (the same
    for every rule, so the controls spend the same compute);
 4. the new policy is measured on ``--eval-problems`` held-out problems x ``--eval-k`` (pass@1,
-   pass@K, majority@K), in the same engine start as the next round's sampling.
+   pass@K, majority@K), in the same engine start as the next round's sampling (0: not
+   measured, and no engine starts for it).
+
+The task is a world (``--task``) or your dataset file (``--dataset`` and its flags): training
+problems come from its training part only, and the training chats ask each question as
+sampling did, after the dataset's ``--system-prompt``.
 
 ``python -m verifier_training dpo`` runs the same loop with TRL's ``DPOTrainer`` on pairs
 (chosen by the rule, rejected wrong) instead of SFT on kept examples.
 
 Output, under ``--out``: ``round-R/`` per round (a servable model directory with
 ``training_config.json``, ``samples.jsonl`` the round's training samples, ``kept.jsonl``
-what the rule kept, ``round.json`` its figures), ``summary.json`` and a printed table. A round
-whose ``round.json`` exists is not redone, so an interrupted run resumes. ``--reuse-from DIR``
-takes round 1's samples and the starting policy's held-out figures from another run on the
-same policy (every rule then selects from the same samples).
+what the rule kept, ``train_rows.jsonl`` the chats trained on, ``round.json`` its figures),
+``summary.json`` and a printed table. A round whose ``round.json`` exists is not redone, so an
+interrupted run resumes. ``--reuse-from DIR`` takes round 1's samples and the starting
+policy's held-out figures from another run on the same policy and task (every rule then
+selects from the same samples); samples holding a held-out question are refused.
 """
 
 from __future__ import annotations
@@ -38,11 +44,18 @@ import time
 from typing import Any
 
 from bon_server.tasks.args import add_task_args, task_from_args
+from bon_server.tasks.base import EVAL_SEED
 from verifier_training.cli import command_parser
-from verifier_training.data.records import read_samples, write_json, write_jsonl
+from verifier_training.data.records import (
+    read_samples,
+    task_system_prompt,
+    write_json,
+    write_jsonl,
+)
 from verifier_training.evaluate.curves import add_verifier_args, verifier_scores
 from verifier_training.posttrain.rounds import (
     add_round_args,
+    held_out_leaks,
     policy_metrics,
     sample_round,
     train_dpo,
@@ -100,10 +113,14 @@ def parse_args(argv: list[str] | None, method: str = "sft") -> argparse.Namespac
                    help="another run's directory on the same policy: its round-1 samples and "
                         "starting figures are used instead of sampling them again")
     p.add_argument("--seed", type=int, default=0, help="seed of selection and training")
-    add_round_args(p, eval_help="held-out problems each round's policy is measured on")
+    add_round_args(p, eval_help="held-out problems each round's policy is measured on (0: "
+                                "not measured)")
     args = p.parse_args(argv)
     if args.rule == "verifier" and bool(args.orm) == bool(args.prm):
         p.error("--rule verifier needs exactly one of --orm and --prm")
+    if args.problem_seed < EVAL_SEED <= args.problem_seed + args.rounds:
+        p.error(f"--problem-seed {args.problem_seed}: round {EVAL_SEED - args.problem_seed} "
+                f"would train on stream {EVAL_SEED}, the held-out problems")
     args.method = method
     return args
 
@@ -138,6 +155,17 @@ def run_round(args: argparse.Namespace, r: int, policy: str, task, out: str,  # 
         if theirs["policy"] != args.policy:
             raise SystemExit(f"--reuse-from {args.reuse_from} started from {theirs['policy']}, "
                              f"not {args.policy}")
+        if theirs.get("task", task.name) != task.name:
+            raise SystemExit(f"--reuse-from {args.reuse_from} sampled {theirs['task']}, "
+                             f"not {task.name}")
+        try:  # the records do not hold the system prompt they were sampled after: its flags do
+            with open(os.path.join(args.reuse_from, "round-1", "training_config.json")) as f:
+                asked = json.load(f)["flags"].get("system_prompt")
+        except (OSError, KeyError):
+            asked = args.system_prompt
+        if (asked or "") != (args.system_prompt or ""):
+            raise SystemExit(f"--reuse-from {args.reuse_from} sampled after the system prompt "
+                             f"{asked!r}, not {args.system_prompt!r}")
         shutil.copyfile(os.path.join(args.reuse_from, "round-1", "samples.jsonl"), samples_path)
         before = theirs["start"]
     if not os.path.exists(samples_path) or (eval_before and before is None):
@@ -152,6 +180,10 @@ def run_round(args: argparse.Namespace, r: int, policy: str, task, out: str,  # 
         if held:
             before = policy_metrics(held)
     records = read_samples(samples_path)
+    leaks = held_out_leaks(records, task)
+    if leaks:  # samples made with other flags (another --held-out, reused from another run)
+        raise SystemExit(f"{samples_path}: {len(leaks)} held-out questions of {task.name} among "
+                         f"the training samples, e.g. {leaks[0]!r}")
     sampled_s = time.time() - start
 
     scores = verifier_scores(args, records) if args.rule == "verifier" else None
@@ -168,7 +200,8 @@ def run_round(args: argparse.Namespace, r: int, policy: str, task, out: str,  # 
         trained = train_sft(policy, [(k.question, k.completion) for k in kept], out,
                             steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                             seed=args.seed + r, threads=args.threads,
-                            progress=not args.no_progress, record=record)
+                            progress=not args.no_progress, record=record,
+                            system_prompt=task_system_prompt(task))
     else:
         pairs = preference_pairs(records, args.rule, pairs_per_problem=args.per_problem,
                                  seed=args.seed + r, scores=scores)
@@ -184,7 +217,8 @@ def run_round(args: argparse.Namespace, r: int, policy: str, task, out: str,  # 
         trained = train_dpo(policy, pairs, out, steps=args.steps, batch_size=args.batch_size,
                             lr=args.lr, beta=args.beta, sft_weight=args.sft_weight,
                             seed=args.seed + r,
-                            threads=args.threads, progress=not args.no_progress, record=record)
+                            threads=args.threads, progress=not args.no_progress, record=record,
+                            system_prompt=task_system_prompt(task))
     result = {"round": r, "rule": args.rule, "method": args.method, "policy": out,
               "samples": len(records), "samples_right": round(
                   sum(x.correct for x in records) / max(1, len(records)), 4),
@@ -207,18 +241,19 @@ def table(summary: dict[str, Any]) -> str:
     head = (f"| round | policy | pass@1 | pass@{k} | majority@{k} | kept | kept right | "
             "minutes |")
     lines = [head, "|---" * 8 + "|"]
-    start = summary["start"]
-    lines.append(f"| 0 | {summary['policy']} | {start['pass@1']:.3f} | {start[f'pass@{k}']:.3f} "
-                 f"| {start[f'majority@{k}']:.3f} | | | |")
+
+    def cells(m: dict[str, Any] | None) -> str:  # blank where not measured (--eval-problems 0)
+        m = m or {}
+        return " | ".join(f"{m[key]:.3f}" if key in m else "" for key in
+                          ("pass@1", f"pass@{k}", f"majority@{k}"))
+
+    lines.append(f"| 0 | {summary['policy']} | {cells(summary['start'])} | | | |")
     for row in summary["rounds"]:
-        m = row.get("after") or {}
         kept = row.get("kept", row.get("pairs", ""))
         right = row.get("kept_right", row.get("chosen_right", ""))
         minutes = row.get("round_seconds", 0) / 60
-        cells = [f"{m[key]:.3f}" if key in m else "" for key in
-                 ("pass@1", f"pass@{k}", f"majority@{k}")]
-        lines.append(f"| {row['round']} | {row['policy']} | " + " | ".join(cells)
-                     + f" | {kept} | {right} | {minutes:.1f} |")
+        lines.append(f"| {row['round']} | {row['policy']} | {cells(row.get('after'))}"
+                     f" | {kept} | {right} | {minutes:.1f} |")
     return "\n".join(lines)
 
 
@@ -243,8 +278,8 @@ def main(argv: list[str] | None = None, method: str = "sft") -> int:
         start = time.time()
         # the figures of the policy this round starts from come with this round's sampling
         previous = [x for x in summary["rounds"] if x["round"] == r - 1]
-        eval_before = (summary["start"] is None if r == 1
-                       else not (previous and previous[0].get("after")))
+        eval_before = args.eval_problems > 0 and (
+            summary["start"] is None if r == 1 else not (previous and previous[0].get("after")))
         result, before = run_round(args, r, policy, task, out, eval_before=eval_before)
         if r == 1 and before is not None:
             summary["start"] = before
@@ -257,7 +292,7 @@ def main(argv: list[str] | None = None, method: str = "sft") -> int:
         policy = out
         print(f"round {r}: " + "  ".join(f"{k} {v}" for k, v in result.items()), flush=True)
     # the last policy's held-out figures (and any round's that a resume skipped)
-    for row in summary["rounds"]:
+    for row in summary["rounds"] if args.eval_problems else ():
         if not row.get("after"):
             started = time.time()
             row["after"] = evaluate_only(args, row["policy"], task)
