@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -150,6 +151,16 @@ def _records(data: bytes, nonce: bytes, count: int) -> tuple[bool, dict[int, tup
     return ready, outcomes
 
 
+def _reap(transport: asyncio.SubprocessTransport) -> None:
+    """Wait for the killed harness here when the loop has not seen it exit (a request cancelled
+    again while it waited): a SIGKILLed process exits at once, and a Popen never waited for
+    is a zombie until collected, and a ResourceWarning then."""
+    popen = transport.get_extra_info("subprocess")
+    if popen is not None and transport.get_returncode() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+            popen.wait(timeout=GRACE_S)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
@@ -245,6 +256,7 @@ async def run_tests(program: str, tests: Sequence[str], limits: Limits = Limits(
     finally:
         if transport is not None:
             _kill_group(transport.get_pid())  # every way out: return, exception, cancel
+            _reap(transport)
             transport.close()
         if results is not None:
             results.close()
