@@ -231,9 +231,10 @@ async def run_tests(program: str, tests: Sequence[str], limits: Limits = Limits(
         if on_start is not None:
             on_start(transport.get_pid())
         stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
-        stdin.write(payload)
-        stdin.close()  # flushes, then EOF: the harness reads to the end
+        # None: the wrapper already exited and its stdin closed (a SandboxError below)
+        if isinstance(stdin, asyncio.WriteTransport):
+            stdin.write(payload)
+            stdin.close()  # flushes, then EOF: the harness reads to the end
         # wall_s is the candidate's, counted from the harness's ready record (as the harness
         # counts it): the interpreter's start on a loaded machine gets STARTUP_GRACE_S
         wall_hit = False
