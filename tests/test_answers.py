@@ -97,7 +97,7 @@ def test_last_number_none():
 def test_default_rules_are_final_line_then_boxed():
     assert DEFAULT_RULES == ("final_line", "boxed")
     assert set(ANSWER_RULES) == {
-        "final_line", "boxed", "last_number", "math", "expression_value",
+        "final_line", "boxed", "last_number", "math", "expression_value", "program",
     }
 
 

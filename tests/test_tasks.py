@@ -30,9 +30,11 @@ def test_every_world_references_check_and_prompts_parse_back(name):
         assert task.check(p, ref), (p.question, ref)
         assert task.parse(p.question) == p
         assert task_for_question(p.question) is task
+        assert not task.check(p, "")
+        if name == "code":  # a program, no steps and no answer line (test_code_world.py)
+            continue
         steps = completion_steps(ref)
         assert steps and all(task.check_step(p, steps, i) for i in range(len(steps)))
-        assert not task.check(p, "")
         assert not task.check(p, ref.rsplit("\n", 1)[0])  # no answer line
 
 

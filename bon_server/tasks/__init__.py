@@ -27,10 +27,11 @@ __all__ = [
 
 def _registry() -> dict[str, Task]:
     from .arith import ArithTask
+    from .code import CodeTask
     from .countdown import CountdownTask
     from .paths import PathsTask
 
-    return {t.name: t for t in (ArithTask(), CountdownTask(), PathsTask())}
+    return {t.name: t for t in (ArithTask(), CountdownTask(), PathsTask(), CodeTask())}
 
 
 TASKS: dict[str, Task] = _registry()

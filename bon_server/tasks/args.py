@@ -30,16 +30,17 @@ def add_task_args(parser: argparse.ArgumentParser, *, default_task: str | None =
     which.add_argument("--dataset", default=None, metavar="PATH",
                        help="your problems: JSONL, JSON, CSV, Parquet, a saved `datasets` "
                             "directory or a hub id; GSM8K (question, answer '#### N'), MATH "
-                            "(problem, solution with \\boxed{} or answer) or plain (prompt, "
-                            "answer) fields" + (", or a world's name" if worlds_in_dataset
-                                                else ""))
+                            "(problem, solution with \\boxed{} or answer), plain (prompt, "
+                            "answer) or code (prompt, and test or tests: HumanEval, MBPP) "
+                            "fields" + (", or a world's name" if worlds_in_dataset else ""))
     group.add_argument("--prompt-field", default=None,
                        help="the dataset's prompt column (default: by shape)")
     group.add_argument("--answer-field", default=None,
                        help="the dataset's reference column (default: by shape)")
     group.add_argument("--checker", default="math",
                        help="how a dataset's answers are checked: math (math-verify), exact, "
-                            "or py:module:function taking (completion, reference)")
+                            "py:module:function taking (completion, reference), or tests (a "
+                            "code dataset's unit tests in the sandbox: its default)")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the dataset's first N rows")
     group.add_argument("--held-out", type=float, default=DEFAULT_HELD_OUT,

@@ -10,6 +10,10 @@ a path that is not on disk). Fields are recognised by shape, first match wins:
     math    ``problem``, and ``answer``, else ``solution`` with a ``\boxed{}`` (its last box is
             the reference, the solution the worked one)
     plain   ``prompt`` and ``answer``
+    code    ``prompt``, and ``test`` (a script; HumanEval's ``check(candidate)`` with its
+            ``entry_point``) or ``tests`` / ``test_list`` (a list of asserts): checked by its
+            tests in the sandbox (``--checker tests``, this shape's default; see ``code_dataset``).
+            A row with a tests field is this shape (with the checker math or tests).
 
 ``prompt_field`` / ``answer_field`` override the shape (the answer field is then read as the
 GSM8K and MATH shapes read theirs: ``#### N`` or ``\boxed{}`` where present, else as is).
@@ -175,8 +179,9 @@ def detect_shape(columns: Sequence[str], prompt_field: str | None,
         if p in cols and a in cols:
             return shape, p, a
     wanted = "; ".join(f"{s}: {p!r} and {a!r}" for s, p, a in candidates)
-    raise DatasetError(f"no known shape in the columns {sorted(cols)} (want {wanted}, or name "
-                       "them with --prompt-field and --answer-field)")
+    raise DatasetError(f"no known shape in the columns {sorted(cols)} (want {wanted}; code: "
+                       "'prompt' and 'test' or 'tests'; or name them with --prompt-field and "
+                       "--answer-field)")
 
 
 def reference_of(shape: str, text: str, field: str = "answer") -> tuple[str | None, str | None]:
@@ -216,9 +221,10 @@ class DatasetTask:
         self.name = name or f"dataset:{Path(spec.rstrip('/')).stem or spec}"
         self.system_prompt = system_prompt
         self.step_separator = step_separator
-        self.checker: Checker = get_checker(checker)
-        # votes count what the checker counts: math-verify's equal answers are one vote
-        self.answer_rules = ("math",) if checker == "math" else DEFAULT_RULES
+        from .code_dataset import TestsChecker, code_fields
+
+        self.checker: Checker | TestsChecker = (TestsChecker() if checker == "tests"
+                                                else get_checker(checker))
         rows, unit = read_rows(spec)
         if limit is not None:
             rows = rows[:limit]
@@ -231,11 +237,18 @@ class DatasetTask:
                 return f"{spec}:{lines[i]}"
             return f"{spec}:{i + 2}" if unit == "line" else f"{spec}: row {i}"  # CSV: a header
 
-        try:
-            self.shape, self.prompt_field, self.answer_field = detect_shape(
-                list(rows[0]), prompt_field, answer_field)
+        try:  # a row with tests is the code shape, unless another checker is asked for
+            code = code_fields(list(rows[0]), prompt_field, answer_field, checker) \
+                if checker in ("math", "tests") else None
+            self.shape, self.prompt_field, self.answer_field = ("code", *code) if code else \
+                detect_shape(list(rows[0]), prompt_field, answer_field)
         except DatasetError as exc:
             raise DatasetError(f"{where(0)}: {exc}") from None
+        if code:  # math is only the flag's default: a code row is checked by its tests
+            self.checker = TestsChecker()
+        # votes count what the checker counts: math-verify's equal answers are one vote
+        self.answer_rules = (("program",) if code else ("math",) if checker == "math"
+                             else DEFAULT_RULES)
         problems = []
         for i, row in enumerate(rows):
             problems.append(self._problem(i, row, where(i)))
@@ -245,6 +258,10 @@ class DatasetTask:
 
     def _problem(self, i: int, row: dict[str, Any], where: str) -> DatasetProblem:
         p, a = self.prompt_field, self.answer_field
+        if self.shape == "code":
+            from .code_dataset import code_problem
+
+            return code_problem(i, row, where, p, a)  # type: ignore[return-value]
         for field in (p, a):
             if field not in row or row[field] is None:
                 raise DatasetError(f"{where}: missing field {field!r}")
@@ -310,6 +327,10 @@ class DatasetTask:
 
     def reference(self, problem: DatasetProblem) -> str:
         """The file's worked solution, ending with its answer; the bare answer without one."""
+        if self.shape == "code":  # the file's program, fenced
+            from .code_dataset import code_reference
+
+            return code_reference(problem)  # type: ignore[arg-type]
         if problem.solution is None:
             return f"The answer is {problem.answer}."
         if "\\boxed" in problem.solution:
@@ -317,7 +338,9 @@ class DatasetTask:
         return f"{problem.solution}\nThe answer is {problem.answer}."
 
     def check(self, problem: DatasetProblem, completion: str) -> bool:
-        return self.checker(completion, problem.answer)
+        if self.shape == "code":  # the problem's tests, in the sandbox
+            return self.checker(completion, problem)  # type: ignore[arg-type]
+        return self.checker(completion, problem.answer)  # type: ignore[arg-type]
 
     def check_step(self, problem: DatasetProblem, steps: Sequence[str], i: int) -> bool | None:
         return None  # a dataset has no step checker
