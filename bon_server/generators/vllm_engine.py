@@ -196,20 +196,14 @@ class VLLMGenerator:
         ids, params = request.payload
         client_id = request_id_var.get()  # the client's X-Request-Id, for vLLM's own logs
         request_id = f"bon-{client_id or ''}-{uuid.uuid4().hex}"
-        final = None
         try:
-            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
-                final = output
+            outputs = await self._outputs(ids, params, request_id, request.n)
         except EngineDeadError as exc:
             raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
         except VLLMClientError as exc:
             raise InvalidRequestError(str(exc)) from exc
-        if final is None or len(final.outputs) != request.n:
-            raise BonError("the engine returned an incomplete result")
         candidates = []
-        for out in sorted(final.outputs, key=lambda o: o.index):
-            if out.finish_reason not in ("stop", "length"):
-                raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+        for out in outputs:
             candidates.append(
                 Candidate(
                     text=out.text,
@@ -220,6 +214,20 @@ class VLLMGenerator:
                 )
             )
         return Generation(tuple(candidates), prompt_tokens=len(ids))
+
+    async def _outputs(self, ids: list[int], params: Any, request_id: str, n: int) -> list[Any]:
+        """One FINAL_ONLY engine request's ``n`` outputs in index order, each ended by stop or
+        length (the engine's exceptions pass through: the caller maps them)."""
+        final = None
+        async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
+            final = output
+        if final is None or len(final.outputs) != n:
+            raise BonError("the engine returned an incomplete result")
+        outputs = sorted(final.outputs, key=lambda o: o.index)
+        for out in outputs:
+            if out.finish_reason not in ("stop", "length"):
+                raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+        return outputs
 
     async def extend(
         self, request: PreparedRequest, asks: Sequence[Extension], separator: str | None
@@ -245,17 +253,8 @@ class VLLMGenerator:
                 return [Piece("", (), 0.0, ended=True, finish_reason="length")] * ask.n
             params = self._sampling_params(p, ask.n, room, include_stop=True)
             request_id = f"bon-{client_id or ''}-{uuid.uuid4().hex}"
-            final = None
-            async for output in self.engine.generate(
-                {"prompt_token_ids": ids + list(ask.prefix)}, params, request_id
-            ):
-                final = output
-            if final is None or len(final.outputs) != ask.n:
-                raise BonError("the engine returned an incomplete result")
             pieces = []
-            for out in sorted(final.outputs, key=lambda o: o.index):
-                if out.finish_reason not in ("stop", "length"):
-                    raise ServiceUnavailableError(f"generation ended with {out.finish_reason!r}")
+            for out in await self._outputs(ids + list(ask.prefix), params, request_id, ask.n):
                 text, stop = out.text, out.stop_reason
                 at_separator = separator is not None and stop == separator
                 if isinstance(stop, str) and not at_separator and text.endswith(stop):
