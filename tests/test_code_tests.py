@@ -79,6 +79,22 @@ def test_the_program_that_passes_is_chosen_over_a_vote_and_a_hang():
     assert sandbox_leftovers() == ([], [])
 
 
+def test_behind_real_uvicorn_on_its_default_loop():
+    """uvicorn runs on uvloop where it is installed (``make serve`` does): the sandbox once
+    never got its payload there, while every in-process test passed."""
+    from asgi_app import app_with, served
+
+    with served(app_with(ScriptedGenerator(CANDIDATES), model="bon_server/embedded/arith-policy",
+                         request_timeout=20.0)) as port:
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                       json={"messages": MESSAGES, "best_of": 4, "tests": TESTS,
+                             "tests_timeout_s": 2, "return_candidates": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == RIGHT
+    assert r.json()["bon"]["scores"] == pytest.approx([1 / 3, 0.0, 1.0, 1 / 3])
+    assert sandbox_leftovers() == ([], [])
+
+
 def test_one_test_script_works_too():
     script = "assert add(1, 1) == 2\nassert add(0, 0) == 0\n"
     with serve((WRONG, RIGHT)) as client:
@@ -167,6 +183,42 @@ def test_the_deadline_kills_running_candidates():
     while sandbox_leftovers() != ([], []) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sandbox_leftovers() == ([], [])
+
+
+def test_a_client_that_hangs_up_kills_its_running_candidates():
+    from asgi_app import app_with, served
+
+    app = app_with(ScriptedGenerator((FOREVER,)), model="bon_server/embedded/arith-policy",
+                   tests_timeout_s=30)
+    seen: list[int] = []
+    with served(app) as port:
+        # the client gives up after 3 s; the candidates may run 30 s
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=3.0) as client:
+            watcher = threading.Thread(target=lambda: seen.extend(wait_for_sandboxes()))
+            watcher.start()
+            try:
+                client.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                            json={"messages": MESSAGES, "best_of": 2, "tests": TESTS,
+                                  "tests_timeout_s": 30})
+            finally:
+                watcher.join()
+        assert seen, "the candidates never ran"
+        gone = time.monotonic() + 10
+        while sandbox_leftovers() != ([], []) and time.monotonic() < gone:
+            time.sleep(0.05)
+        assert sandbox_leftovers() == ([], [])  # long before their 30 s were up
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+
+
+def wait_for_sandboxes(timeout_s: float = 3.0) -> list[int]:
+    """The processes running in a sandbox, once there are some (none within the time)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        procs = sandbox_leftovers()[1]
+        if procs:
+            return procs
+        time.sleep(0.02)
+    return []
 
 
 @pytest.mark.parametrize(("body", "param"), [

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from bon_server.sandbox import (
     Layers,
@@ -69,8 +70,13 @@ def gone(pgid: int, within_s: float = 5.0) -> bool:
         time.sleep(0.02)
 
 
+# the event loops a server runs the sandbox on: uvicorn's default is uvloop where it is
+# installed, whose pipe transports are not asyncio's classes (a payload once went unwritten)
+LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+
+
 def sandboxed(program: str, tests: list[str], limits: Limits = Limits(),
-              layers: Layers = ALL):
+              layers: Layers = ALL, run=asyncio.run):
     """The report, after checking that nothing of the run is left: no process, no workdir."""
     started: list[tuple[int, str]] = []
 
@@ -83,7 +89,7 @@ def sandboxed(program: str, tests: list[str], limits: Limits = Limits(),
                       on_start=on_start),
             limits.wall_s + 15)  # a hang fails the test instead of the run
 
-    report = asyncio.run(go())
+    report = run(go())
     [(pgid, workdir)] = started
     assert gone(pgid), "a process of the candidate's group is still alive"
     assert not os.path.exists(workdir)
@@ -93,9 +99,10 @@ def sandboxed(program: str, tests: list[str], limits: Limits = Limits(),
 # ------------------------------------------------------------------ the harness itself
 
 
-def test_a_right_program_passes_and_a_wrong_one_fails():
+@LOOPS
+def test_a_right_program_passes_and_a_wrong_one_fails(run):
     tests = ["assert add(1, 2) == 3", "assert add(2, 0) == 2"]
-    right = sandboxed("def add(a, b):\n    return a + b\n", tests)
+    right = sandboxed("def add(a, b):\n    return a + b\n", tests, run=run)
     assert (right.passed, right.failed, right.errored, right.first_error) == (2, 0, 0, None)
     assert right.total == 2 and right.fraction == 1.0 and not right.timed_out
     wrong = sandboxed("def add(a, b):\n    return a - b\n", tests)
@@ -536,7 +543,8 @@ def test_never_terminating_costs_only_its_share():
     assert report.first_error.startswith("TimeoutError")
 
 
-def test_never_terminating_while_ignoring_the_alarm_hits_the_wall():
+@LOOPS
+def test_never_terminating_while_ignoring_the_alarm_hits_the_wall(run):
     program = """
         import signal, time
         def attempt():
@@ -544,13 +552,14 @@ def test_never_terminating_while_ignoring_the_alarm_hits_the_wall():
             time.sleep(10 ** 6)
     """
     start = time.monotonic()
-    report = sandboxed(program, ["attempt()", "assert True"], Limits(wall_s=1.5))
+    report = sandboxed(program, ["attempt()", "assert True"], Limits(wall_s=1.5), run=run)
     assert time.monotonic() - start < 1.5 + 10  # generous: a hang is what this rules out
     assert (report.passed, report.errored) == (0, 2) and report.timed_out
     assert report.first_error == "TimeoutError: wall time limit of 1.5 s exceeded"
 
 
-def test_printing_100_mb():
+@LOOPS
+def test_printing_100_mb(run):
     program = """
         import sys
         def attempt():
@@ -562,7 +571,7 @@ def test_printing_100_mb():
     """
     tracemalloc.start()
     try:
-        report = sandboxed(program, ["attempt()", "assert True"])
+        report = sandboxed(program, ["attempt()", "assert True"], run=run)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -571,7 +580,8 @@ def test_printing_100_mb():
     assert peak < 16 << 20  # the server read 108 MiB and kept 128 KiB
 
 
-def test_cancelling_kills_the_whole_group_at_once():
+@LOOPS
+def test_cancelling_kills_the_whole_group_at_once(run):
     started: list[int] = []
 
     async def go() -> None:
@@ -586,7 +596,7 @@ def test_cancelling_kills_the_whole_group_at_once():
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(asyncio.wait_for(go(), 30))
+    run(asyncio.wait_for(go(), 30))
     assert gone(started[0])
 
 
