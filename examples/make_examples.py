@@ -1,4 +1,4 @@
-"""Rebuild the two example files from the arithmetic world (run from the repository root):
+"""Rebuild the example files from the arithmetic and code worlds (run from the repository root):
 
     python examples/make_examples.py
 
@@ -6,11 +6,15 @@ gsm8k_arith.jsonl: GSM8K's shape (``question``; ``answer`` = worked solution, th
 math_arith.jsonl: MATH's shape (``problem``; ``solution`` ending in ``\\boxed{...}``).
 The references are written in equivalent forms (``1,234``, ``\\frac{2468}{2}``, ``1234.0``)
 that math-verify reads as one number and a text comparison does not.
+code_world.jsonl: MBPP's shape (``text``, ``code``, ``test_list``) of code-world problems: the
+prompt shows four examples, the tests are the hidden ones (``code_tests.jsonl``, written by
+hand, is the shape on everyday functions).
 """
 
 import json
 from pathlib import Path
 
+from bon_server.tasks import code
 from bon_server.tasks.arith import reference_solution, sample_problems
 
 HERE = Path(__file__).parent
@@ -36,6 +40,10 @@ def main() -> None:
             boxed = f"\\boxed{{{math_form(p.answer, i)}}}"
             solution = f"{worked}\n\nThe answer is ${boxed}$."
             f.write(json.dumps({"problem": p.question, "solution": solution}) + "\n")
+    with (HERE / "code_world.jsonl").open("w") as f:
+        for i, p in enumerate(code.sample_problems(40, seed=2029)):
+            f.write(json.dumps({"task_id": i, "text": p.question, "code": p.answer,
+                                "test_list": p.hidden_tests}) + "\n")
 
 
 if __name__ == "__main__":

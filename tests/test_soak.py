@@ -11,7 +11,7 @@ At the end: no unexpected status or transport error, ``bon_requests_in_flight``,
 the server process's resident memory within 10% of where it settled after the
 warm-up. A summary table is printed (run with ``-s`` to see it).
 
-``BON_SOAK_SECONDS`` (default 120, warm-up included) sets the length; deselect
+``BON_SOAK_SECONDS`` (default 90, warm-up included) sets the length; deselect
 with ``-m 'not soak'``.
 """
 
@@ -181,7 +181,7 @@ def wait_drained(server: ServerProcess, timeout_s: float = 60) -> dict[str, floa
         time.sleep(0.2)
 
 
-SOAK_SECONDS = float(os.environ.get("BON_SOAK_SECONDS", "120"))
+SOAK_SECONDS = float(os.environ.get("BON_SOAK_SECONDS", "90"))
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 600)  # the load itself, on top of the usual per-test limit

@@ -20,6 +20,11 @@ averaged over subsets, then over problems:
     prm_<agg>              PRM argmax, steps aggregated by min, prod, last or mean
     oracle                 some candidate is correct (pass@N)
 
+With ``--partial-checks``, each of the task's partial checks (the code world's: the tests its
+prompt shows, what a server given those tests runs) is a selector too, as the server ranks a
+request with ``tests``: candidates passing it first, ties by majority (``<check>``) and by the
+ORM (``<check>+orm``).
+
 Selection goes through ``bon_server.selectors`` and ``bon_server.scorers.base.aggregate``,
 so ties and aggregation behave exactly as in the server.
 
@@ -85,6 +90,7 @@ class Scored:
     correct: bool
     orm: float | None
     prm_steps: tuple[float, ...] | None
+    partial: dict[str, bool] | None = None  # the task's partial checks (--partial-checks)
 
     def prm(self, how: str) -> float:
         return aggregate(self.prm_steps or (), how)
@@ -122,12 +128,18 @@ def right_answer_wrong_steps(
     return out
 
 
-def methods_for(has_orm: bool, has_prm: bool, wm_prm_agg: str) -> dict[str, Callable]:
+def methods_for(has_orm: bool, has_prm: bool, wm_prm_agg: str,
+                partial: Sequence[str] = ()) -> dict[str, Callable]:
     """Method name -> function(candidates) -> is the chosen candidate correct (a float)."""
     methods: dict[str, Callable] = {
         "pass@1": pass_at_1,
         "majority": pick(majority, None),
     }
+    for name in partial:
+        passed = lambda c, name=name: float(c.partial[name])  # noqa: E731
+        methods[name] = pick(majority, None, passed)
+        if has_orm:
+            methods[f"{name}+orm"] = pick(verifier, lambda c: c.orm, passed)
     if has_orm:
         methods["weighted_majority_orm"] = pick(weighted_majority, lambda c: c.orm)
     if has_prm:
@@ -214,6 +226,12 @@ def verifier_scores(args: argparse.Namespace, records) -> dict[tuple[str, int], 
 
 # ------------------------------------------------------------------------------ reporting
 
+def partial_checks(record: SampleRecord) -> dict[str, bool]:
+    """The record's task's partial checks of its completion (the code world's run its program
+    on the prompt's examples in the sandbox)."""
+    return get_task(record.task).partial_checks(record.problem(), record.completion)
+
+
 def write_csv(path: str, curve: dict[str, dict[int, tuple[float, float]]]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -270,6 +288,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset draws")
     p.add_argument("--prm-aggregation", default="min", choices=list(AGGREGATIONS),
                    help="step aggregation used by weighted_majority_prm")
+    p.add_argument("--partial-checks", action="store_true",
+                   help="select by each of the task's partial checks too (the code world: the "
+                        "prompt's visible tests), ties by majority and by the ORM")
     p.add_argument("--batch-size", type=int, default=128, help="verifier scoring batch size")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads for scoring")
     # only used when --records must be sampled first
@@ -334,12 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         wanted += [(lab.question, lab.steps) for lab in labels]
         prm = score_prm(args.prm, wanted, args.batch_size, progress)
     prm_s = time.time() - t0
+    t0 = time.time()
+    partial = [partial_checks(r) if args.partial_checks else None for r in records]
+    partial_s = time.time() - t0
+    partial_names = sorted(partial[0]) if records and partial[0] else []
     scored = [
         Scored(r.problem_id, r.sample_index, r.answer, r.correct,
                orm.get((r.question, r.completion)) if args.orm else None,
                tuple(prm[(r.question, tuple(split_steps(r.completion, separator)))])
-               if args.prm else None)
-        for r in records
+               if args.prm else None, checks)
+        for r, checks in zip(records, partial, strict=True)
     ]
     with open(os.path.join(args.out_dir, "scores.jsonl"), "w") as f:
         for s in scored:
@@ -351,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         groups.setdefault(s.problem_id, []).append(s)
     k = min(len(g) for g in groups.values())
     ns = powers_of_two(k)
-    methods = methods_for(bool(args.orm), bool(args.prm), args.prm_aggregation)
+    methods = methods_for(bool(args.orm), bool(args.prm), args.prm_aggregation, partial_names)
     t0 = time.time()
     curve = best_of_n(list(groups.values()), methods, ns, args.subsets, args.seed)
     curve_s = time.time() - t0
@@ -397,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         "processbench": processbench,
         "right_answer_wrong_steps": wrong_steps,
         "seconds": {"sample": round(sampled_s, 1), "score_orm": round(orm_s, 1),
-                    "score_prm": round(prm_s, 1), "best_of_n": round(curve_s, 1),
+                    "score_prm": round(prm_s, 1), "partial_checks": round(partial_s, 1),
+                    "best_of_n": round(curve_s, 1),
                     "total": round(time.time() - start, 1)},
     }
     write_json(os.path.join(args.out_dir, "eval.json"), result)

@@ -65,14 +65,20 @@ def first_error_f1(reference: Sequence[int], predicted: Sequence[int]) -> dict[s
 
 
 def pick(sel: Callable[[SelectorInput], Any],
-         score: Callable[[Any], float] | None) -> Callable[[Sequence[Any]], float]:
+         score: Callable[[Any], float] | None,
+         first: Callable[[Any], float] | None = None) -> Callable[[Sequence[Any]], float]:
     """A Best-of-N method: 1.0 if the candidate the selector ranks first is correct. Candidates
-    have ``.answer`` and ``.correct``; ``score`` gives each one's verifier score."""
+    have ``.answer`` and ``.correct``; ``score`` gives each one's verifier score. With ``first``
+    (a test score), candidates rank by it first and the selector breaks ties, as the server
+    ranks a request with ``tests`` (``bon_server.code_tests.rank``)."""
     def run(cands: Sequence[Any]) -> float:
         scores = [score(c) for c in cands] if score else None
         inp = SelectorInput(candidates=(), answers=[c.answer for c in cands],
                             verifier_scores=scores)
-        return float(cands[sel(inp).order[0]].correct)
+        order = sel(inp).order
+        if first is not None:
+            order = sorted(order, key=lambda i: -first(cands[i]))
+        return float(cands[order[0]].correct)
     return run
 
 
