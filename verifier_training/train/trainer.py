@@ -359,8 +359,12 @@ def train(trainer: RailsTrainer, args: argparse.Namespace, out: str) -> None:
         if isinstance(callback, Progress):
             callback.resumed_from = resume
     trainer.train(resume_from_checkpoint=resume)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.join(out, CHECKPOINTS))
+    # every rank is out of train() (whose end still lists OUT/checkpoints) before rank 0
+    # removes it: a rank 1 once globbed it after rank 0's rmdir
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(out, CHECKPOINTS))
 
 
 def library_record(args: argparse.Namespace, trainer: Trainer) -> dict[str, Any]:
