@@ -7,11 +7,12 @@ It knows nothing of HTTP, scoring or selection.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..context import request_id_var
@@ -37,6 +38,21 @@ log = logging.getLogger(__name__)
 
 
 CPU_BLOCK_SIZE = 32  # the CPU backend wants a multiple of 32
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """The engine's exceptions as this server's: a dead engine is a 503, a request the engine
+    refuses (its own validation) a 400. One mapping for generate, extend and stream."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    try:
+        yield
+    except EngineDeadError as exc:
+        raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
+    except VLLMClientError as exc:
+        raise InvalidRequestError(str(exc)) from exc
 
 
 class VLLMGenerator:
@@ -190,18 +206,11 @@ class VLLMGenerator:
         )
 
     async def generate(self, request: PreparedRequest) -> Generation:
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         ids, params = request.payload
         client_id = request_id_var.get()  # the client's X-Request-Id, for vLLM's own logs
         request_id = f"bon-{client_id or ''}-{uuid.uuid4().hex}"
-        try:
+        with engine_errors():
             outputs = await self._outputs(ids, params, request_id, request.n)
-        except EngineDeadError as exc:
-            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc)) from exc
         candidates = []
         for out in outputs:
             candidates.append(
@@ -263,30 +272,20 @@ class VLLMGenerator:
                                     ended=not at_separator, finish_reason=out.finish_reason))
             return pieces
 
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        try:
+        with engine_errors():
             return list(await asyncio.gather(*(one(a) for a in asks)))
-        except EngineDeadError as exc:
-            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc)) from exc
 
     async def stream(self, request: PreparedRequest, index: int) -> AsyncIterator[Progress]:
         """Candidate ``index`` of ``request`` alone (its own engine request, n = 1, seeded
         ``seed + index`` where the client gave a seed), yielded as it grows. Closing or
         cancelling the iteration aborts it in the engine."""
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
-
         ids, engine_params = request.payload
         p = request.params
         if p.seed is not None:
             p = dataclasses.replace(p, seed=p.seed + index)
         one = self._sampling_params(p, 1, engine_params.max_tokens, cumulative=True)
         request_id = f"bon-{request_id_var.get() or ''}-{uuid.uuid4().hex}-{index}"
-        try:
+        with engine_errors():
             async for output in self.engine.generate({"prompt_token_ids": ids}, one, request_id):
                 out = output.outputs[0]
                 done = output.finished
@@ -304,10 +303,6 @@ class VLLMGenerator:
                     ),
                     done,
                 )
-        except EngineDeadError as exc:
-            raise ServiceUnavailableError(f"the engine is not running: {exc}") from exc
-        except VLLMClientError as exc:
-            raise InvalidRequestError(str(exc)) from exc
 
     def _logprobs(
         self, token_ids: Sequence[int], entries: Any, k: int | None
