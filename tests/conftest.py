@@ -8,7 +8,9 @@ yields its base URL. Tests talk to it with the official ``openai`` SDK or httpx.
 
 Also shared by the engine suites: ``wait_for`` (poll a condition), ``assert_aborted``
 (what only an abort in the engine explains), ``started`` (a ``ChildProcess`` for the length
-of a ``with``), and the chat helpers ``MODEL``, ``Q``, ``chat`` and ``rendered``.
+of a ``with``), and the chat helpers ``MODEL``, ``Q``, ``chat`` and ``rendered``. By the
+training suites: ``cli`` (a ``verifier_training`` command in its own process group), ``rows``
+and ``arith_records``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +178,61 @@ def send_long_chat(port: int, **extra: Any) -> socket.socket:
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     )
     return sock
+
+
+CLI_TIMEOUT_S = 540
+
+
+def cli(*args: str, log: Path) -> int:
+    """``python -m verifier_training ARGS`` from the repository root; its output in ``log``
+    (the tail printed on failure). Past ``CLI_TIMEOUT_S`` the test fails and the command's whole
+    process group is killed (its vLLM engine processes too, which would outlive a killed
+    parent)."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "verifier_training", *args], stdout=f,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=CLI_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"{args[0]} did not finish in {CLI_TIMEOUT_S} s:\n"
+                        f"{log.read_text()[-4000:]}")
+    if code:
+        print(log.read_text()[-4000:])
+    return code
+
+
+def rows(path: Path) -> list[dict]:
+    """A JSONL file's rows."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def arith_records() -> tuple[list[Any], list[Any]]:
+    """SampleRecords and their StepLabelRecords for the trainer tests: 12 problems
+    ``a + b * c`` x 3 candidates, the right one, one with a wrong middle step (every later step
+    bad) and one with a wrong last step."""
+    from verifier_training.data.records import SampleRecord, StepLabelRecord
+
+    rng = random.Random(0)
+    samples, labels = [], []
+    for p in range(12):
+        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+        for k, (mid_off, end_off) in enumerate([(0, 0), (1, 0), (0, 1)]):
+            mid = b * c + mid_off
+            ans = a + mid + end_off
+            text = f"= {a} + {mid}\n= {ans}\nThe answer is {ans}."
+            ok = ans == a + b * c
+            common = dict(problem_id=f"train-1-{p:05d}", sample_index=k,
+                          question=f"What is {a} + {b} * {c}?", reference=str(a + b * c),
+                          correct=ok, policy="tiny", seed=p)
+            samples.append(SampleRecord(completion=text, answer=None, temperature=1.0, top_p=1.0,
+                                        max_tokens=64, finish_reason="stop",
+                                        completion_tokens=len(text), **common))
+            counts = (4, 4, 4) if ok else (0, 0, 0) if mid_off else (4, 1, 0)
+            labels.append(StepLabelRecord(steps=tuple(text.split("\n")), counts=counts,
+                                          rollouts=4, inferred=(False,) * 3, **common))
+    return samples, labels
 
 
 def free_port() -> int:

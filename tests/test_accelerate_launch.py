@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,13 +24,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import arith_records, free_port
 from safetensors.torch import load_file
 from tiny_models import save_tiny
 from transformers import AutoModelForSequenceClassification, LlamaForCausalLM
 
 from bon_server.scorers.orm import ORMScorer, format_for_orm
-from verifier_training.data.records import SampleRecord, read_samples, write_jsonl
+from verifier_training.data.records import read_samples, write_jsonl
 from verifier_training.train import orm as train_orm
 from verifier_training.train.tokenizer import build_tokenizer
 
@@ -78,20 +77,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("launch")
     policy = save_tiny(LlamaForCausalLM, tmp / "policy", build_tokenizer(),
                        tie_word_embeddings=True)
-    rng = random.Random(0)
-    samples = []
-    for p in range(12):
-        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
-        for k, (mid_off, end_off) in enumerate([(0, 0), (1, 0), (0, 1)]):
-            mid = b * c + mid_off
-            ans = a + mid + end_off
-            text = f"= {a} + {mid}\n= {ans}\nThe answer is {ans}."
-            samples.append(SampleRecord(
-                problem_id=f"train-1-{p:05d}", question=f"What is {a} + {b} * {c}?",
-                reference=str(a + b * c), completion=text, answer=None,
-                correct=ans == a + b * c, policy="tiny", temperature=1.0, top_p=1.0,
-                max_tokens=64, seed=p, sample_index=k, finish_reason="stop",
-                completion_tokens=len(text)))
+    samples, _ = arith_records()
     write_jsonl(str(tmp / "samples.jsonl"), samples)
     return {"policy": str(policy), "samples": str(tmp / "samples.jsonl")}
 

@@ -5,18 +5,18 @@
 code-world problems, so the shipped code policy answers them: it is sampled on the real vLLM
 engine, every record's ``correct`` is checked against an independent sandbox run of the row's
 tests, and ``rsft`` must train only on programs that pass them. Each command runs as its CLI
-in a subprocess (``test_posttrain_dataset.cli``: a hung one is killed with its engine).
+in a subprocess (``conftest.cli``: a hung one is killed with its engine).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, rows
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -28,9 +28,6 @@ from bon_server.tasks.code import parse_question, sample_problems
 from bon_server.tasks.dataset import DatasetTask
 from verifier_training.data.records import SampleRecord, read_samples, write_jsonl
 from verifier_training.evaluate.metrics import pick
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_posttrain_dataset import cli, rows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = str(ROOT / "bon_server" / "embedded" / "code-policy")

@@ -10,13 +10,11 @@ reuse its round-1 samples (``--reuse-from``), as the README's comparisons do.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_orm
+from conftest import build_tiny_orm, cli, rows
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -29,20 +27,6 @@ POLICY = "bon_server/embedded/countdown-policy"
 TASK = get_task("countdown")
 TINY = ["--problems", "30", "-k", "6", "--steps", "3", "--batch-size", "4",
         "--eval-problems", "6", "--eval-k", "4", "--no-progress"]
-
-
-def cli(*args: str, log: Path) -> int:
-    """``python -m verifier_training ARGS``; its output in ``log`` (the tail shown on failure)."""
-    with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "-m", "verifier_training", *args], stdout=f,
-                              stderr=subprocess.STDOUT, timeout=540).returncode
-    if code:
-        print(log.read_text()[-4000:])
-    return code
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def summary(run: Path) -> dict:

@@ -14,14 +14,11 @@ measured (``--eval-problems 0``): ``test_post_training.py`` measures them.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, rows
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,29 +37,6 @@ TINY = ["--problems", "100", "--steps", "2", "--batch-size", "4", "--eval-proble
 TASK = DatasetTask(DATASET, system_prompt=SYSTEM)  # the CLI's defaults: 20% held out
 TRAINING = {p.question for p in TASK.training}
 HELD_OUT = {p.question for p in TASK.held_out}
-TIMEOUT_S = 540
-
-
-def cli(*args: str, log: Path) -> int:
-    """``python -m verifier_training ARGS``; its output in ``log`` (the tail shown on failure).
-    Past ``TIMEOUT_S`` the test fails and the command's whole process group is killed (its
-    vLLM engine processes too, which would outlive a killed parent)."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "verifier_training", *args], stdout=f,
-                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"{args[0]} did not finish in {TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-    if code:
-        print(log.read_text()[-4000:])
-    return code
-
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def asked(question: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import arith_records
 from safetensors.torch import load_file
 from tiny_models import save_tiny
 from transformers import (
@@ -27,8 +27,6 @@ from transformers import (
 from bon_server.scorers.orm import ORMScorer, format_for_orm
 from bon_server.types import Candidate
 from verifier_training.data.records import (
-    SampleRecord,
-    StepLabelRecord,
     question_prompt,
     write_jsonl,
 )
@@ -53,24 +51,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("trainer")
     tok = build_tokenizer()
     policy = save_tiny(LlamaForCausalLM, tmp / "policy", tok, tie_word_embeddings=True)
-    rng = random.Random(0)
-    samples, labels = [], []
-    for p in range(12):
-        a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
-        for k, (mid_off, end_off) in enumerate([(0, 0), (1, 0), (0, 1)]):
-            mid = b * c + mid_off
-            ans = a + mid + end_off
-            text = f"= {a} + {mid}\n= {ans}\nThe answer is {ans}."
-            ok = ans == a + b * c
-            common = dict(problem_id=f"train-1-{p:05d}", sample_index=k,
-                          question=f"What is {a} + {b} * {c}?", reference=str(a + b * c),
-                          correct=ok, policy="tiny", seed=p)
-            samples.append(SampleRecord(completion=text, answer=None, temperature=1.0, top_p=1.0,
-                                        max_tokens=64, finish_reason="stop",
-                                        completion_tokens=len(text), **common))
-            counts = (4, 4, 4) if ok else (0, 0, 0) if mid_off else (4, 1, 0)
-            labels.append(StepLabelRecord(steps=tuple(text.split("\n")), counts=counts,
-                                          rollouts=4, inferred=(False,) * 3, **common))
+    samples, labels = arith_records()
     write_jsonl(str(tmp / "samples.jsonl"), samples)
     write_jsonl(str(tmp / "labels.jsonl"), labels)
     return {"policy": str(policy), "samples": str(tmp / "samples.jsonl"),
